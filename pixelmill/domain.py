@@ -1,0 +1,143 @@
+"""The internal types every layer shares: one request type in, one result type out.
+
+Plain pydantic models, no framework imports. Dialects (OpenAI, native, …) translate
+their wire models into :class:`GenerationRequest`; the engine consumes it; results come
+back as :class:`JobResult`. Images inside a request are already decoded, size-checked
+and re-encoded as PNG bytes by the dialect, so the engine never sees a raw upload.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RANDOM_SEED = -1
+"""Seed value meaning "pick one at random" (A1111 convention); the used seed is returned."""
+SEED_SPACE = 2**32
+"""Seeds are 32-bit like A1111's; image ``i`` of a request uses ``(seed + i) % SEED_SPACE``."""
+
+
+def resolve_seed(seed: int) -> int:
+    """The seed to use: the given one, or a fresh random one for :data:`RANDOM_SEED`."""
+    return secrets.randbelow(SEED_SPACE) if seed == RANDOM_SEED else seed
+
+
+class Mode(str, enum.Enum):
+    """What kind of generation a request asks for."""
+
+    txt2img = "txt2img"
+    img2img = "img2img"
+    inpaint = "inpaint"
+
+
+class OutputFormat(str, enum.Enum):
+    """Encoded image formats the server can return."""
+
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+    @property
+    def media_type(self) -> str:
+        return f"image/{self.value}"
+
+
+class JobStatus(str, enum.Enum):
+    """Life cycle of a job; the last three are terminal and never change."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+class LoraSpec(BaseModel):
+    """One LoRA adapter applied to a request, by registry name, with a blend weight."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    weight: float = 1.0
+
+
+class ControlSpec(BaseModel):
+    """One ControlNet applied to a request: registry name, control image (PNG bytes), schedule."""
+
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    name: str
+    image: bytes
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    preprocess: str = "none"
+
+
+class GenerationRequest(BaseModel):
+    """Everything needed to generate images, independent of the API dialect that asked.
+
+    Serialisable to JSON (images as base64) so that a durable job store can keep it.
+    ``param`` names in :class:`~pixelmill.errors.InvalidRequest` refer to these fields.
+    """
+
+    model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
+
+    mode: Mode = Mode.txt2img
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = Field(None, description="Model name; None means the server's default.")
+    width: int | None = Field(None, description="None means the model's native size.")
+    height: int | None = None
+    steps: int = 30
+    guidance: float = 5.0
+    seed: int = RANDOM_SEED
+    n: int = 1
+    scheduler: str | None = Field(None, description="Canonical or A1111 name; None = model default.")
+    strength: float = 0.75
+    clip_skip: int | None = None
+    init_image: bytes | None = Field(None, description="PNG bytes for img2img/inpaint.")
+    mask_image: bytes | None = Field(None, description="PNG bytes, mode L, white = repaint.")
+    mask_blur: int = 4
+    output_format: OutputFormat = OutputFormat.png
+    output_quality: int | None = Field(None, description="JPEG/WebP quality 1-100.")
+    loras: tuple[LoraSpec, ...] = ()
+    controlnets: tuple[ControlSpec, ...] = ()
+
+
+class Progress(BaseModel):
+    """Denoising progress of one generation: ``step`` of ``total`` finished."""
+
+    step: int
+    total: int
+
+
+class GeneratedImage(BaseModel):
+    """One encoded output image and the seed that made it."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    data: bytes
+    media_type: str
+    seed: int
+    width: int
+    height: int
+
+
+class JobResult(BaseModel):
+    """What a finished generation returns: images plus the facts the ledger needs."""
+
+    images: list[GeneratedImage]
+    seed: int = Field(description="Seed of the first image; image i used seed + i.")
+    model: str
+    width: int
+    height: int
+    steps: int
+    sampler: str
+    gpu_seconds: float = Field(description="Wall time the accelerator spent on this request.")

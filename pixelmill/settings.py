@@ -1,0 +1,115 @@
+"""Server settings: one pydantic-settings class, every field a ``PIXELMILL_*`` variable.
+
+The CLI turns every field into a ``--flag`` (see :mod:`pixelmill.cli`), so a setting is
+documented once, here, and reachable three ways: flag > environment > default.
+Nothing is created at import time; call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HUB_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+"""Model served when none is configured; falls back to the demo model if it cannot load."""
+
+DEMO_MODEL = "demo"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Field docstrings become ``--help`` text."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIXELMILL_", extra="ignore", use_attribute_docstrings=True
+    )
+
+    # --- network -----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    """Address to bind. The default (loopback) keeps a laptop server private."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on (0 = any free port)."""
+    public_url: str | None = None
+    """Base URL clients reach this server at, used in ``url`` responses.
+    Default: derived from the request's Host header."""
+
+    # --- models ------------------------------------------------------------------
+    models_dir: Path = Path("models")
+    """Models directory: ``checkpoints/``, ``loras/``, ``controlnets/`` inside."""
+    model: str | None = None
+    """Default model: a name in ``checkpoints/``, a hub id, or a path. Unset: the SDXL
+    base from the Hugging Face cache, falling back to the demo model when it cannot load."""
+    model_aliases: list[str] = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"]
+    """Model names (as OpenAI clients send them) that mean "the default model"."""
+    data_dir: Path = Path(".pixelmill")
+    """Where the server keeps its state: result files, the demo model when generated."""
+
+    # --- device ------------------------------------------------------------------
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then CPU."""
+    offload: Literal["none", "model", "sequential"] = "none"
+    """CPU offload on CUDA: model (less VRAM, a little slower), sequential (least VRAM, slow)."""
+    vae_tiling: bool = False
+    """Decode the VAE in tiles: needed for large images on small GPUs."""
+    vae_slicing: bool = False
+    """Decode a batch one image at a time in the VAE to save memory."""
+    compile: bool = False
+    """torch.compile the UNet and warm it up at start (CUDA; slow start, faster steps)."""
+
+    # --- generation defaults -------------------------------------------------------
+    default_steps: int = Field(30, ge=1)
+    """Denoising steps when a request does not say (OpenAI ``quality`` auto/standard)."""
+    default_guidance: float = 5.0
+    """Classifier-free guidance (CFG scale) when a request does not say."""
+    variation_strength: float = 0.6
+    """img2img strength used by ``/v1/images/variations`` unless the request says."""
+    result_retention_s: int = Field(3600, ge=1)
+    """Seconds a generated file stays downloadable through ``/v1/files/{id}``."""
+
+    # --- limits (every violation is a 4xx naming the parameter) -----------------------
+    min_side: int = 64
+    """Smallest width/height in pixels."""
+    max_side: int = 2048
+    """Largest width/height in pixels."""
+    max_pixels: int = 4_200_000
+    """Largest width × height of a generated image."""
+    max_steps: int = 150
+    """Most denoising steps per request."""
+    max_n: int = 10
+    """Most images per request."""
+    max_guidance: float = 30.0
+    """Largest guidance (CFG) value."""
+    max_prompt_chars: int = 4000
+    """Longest prompt and negative prompt, in characters."""
+    max_json_bytes: int = 1 << 20
+    """Largest JSON request body (bytes)."""
+    max_multipart_bytes: int = 20 << 20
+    """Largest multipart (upload) request body (bytes)."""
+    max_upload_pixels: int = 16_000_000
+    """Largest uploaded image (pixels); larger ones are refused before decoding."""
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> "Settings":
+        if self.min_side > self.max_side:
+            raise ValueError("min_side must not exceed max_side")
+        return self
+
+    @property
+    def results_dir(self) -> Path:
+        """Folder of generated files served by ``/v1/files``."""
+        return self.data_dir / "results"
+
+    @property
+    def demo_models_dir(self) -> Path:
+        """Where the demo model is written when the server falls back to it."""
+        return self.data_dir / "demo-models"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides (e.g. CLI flags) on top.
+
+    ``None`` overrides are dropped so an unset flag never hides an environment variable.
+    """
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
