@@ -1,0 +1,1 @@
+"""Engine: diffusers pipelines, schedulers, device handling and demo models."""

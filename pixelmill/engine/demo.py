@@ -1,0 +1,317 @@
+"""Random-weight demo models with the real SDXL architecture, written without downloads.
+
+``write_demo_models(models_dir)`` produces the same folder layout a user's models
+directory has::
+
+    checkpoints/demo/              diffusers folder of a StableDiffusionXLPipeline
+    loras/demo-style.safetensors   LoRA on the UNet attention and both text encoders
+    controlnets/demo-canny/        ControlNetModel matching the demo UNet
+
+Everything is tiny but structurally SDXL: two CLIP text encoders whose penultimate
+hidden sizes add up to the UNet's ``cross_attention_dim``, a UNet with
+``addition_embed_type="text_time"``, a 4-block VAE that downsamples 8x and a locally
+written byte-level BPE tokenizer. Images are noise, but every parameter's effect is
+testable through the real ``from_pretrained`` / ``load_lora_weights`` paths.
+
+Output is deterministic: all random initialisation runs under fixed seeds inside
+``torch.random.fork_rng`` (so the caller's global RNG is untouched), and nothing
+time-dependent is written, so the same pixelmill/diffusers versions give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+DEMO_MODEL_NAME = "demo"
+DEMO_LORA_NAME = "demo-style"
+DEMO_CONTROLNET_NAME = "demo-canny"
+_SEED = 20240917  # arbitrary but fixed: the demo must be byte-identical between runs
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """Widths and depths of one demo model flavour (everything else is SDXL's)."""
+
+    unet_channels: tuple[int, int, int]
+    unet_heads: tuple[int, int, int]
+    unet_transformer_layers: tuple[int, int, int]
+    unet_layers_per_block: int
+    sample_size: int  # latent size; native image size = 8 * sample_size
+    te1_hidden: int
+    te2_hidden: int
+    te_layers: int
+    te_heads: int
+    projection_dim: int
+    time_embed_dim: int
+    vae_channels: tuple[int, int, int, int]
+    norm_groups: int
+    lora_rank: int = 4
+
+
+SIZES: dict[str, DemoSize] = {
+    # 128x128 native, a 2-step txt2img runs in well under a second on CPU.
+    "tiny": DemoSize(
+        unet_channels=(16, 32, 32), unet_heads=(1, 2, 2), unet_transformer_layers=(1, 1, 1),
+        unet_layers_per_block=1, sample_size=16, te1_hidden=16, te2_hidden=32, te_layers=3,
+        te_heads=2, projection_dim=16, time_embed_dim=8, vae_channels=(8, 8, 16, 16),
+        norm_groups=8,
+    ),
+    # 256x256 native, tuned so 20 steps take about a second on 2 CPU cores.
+    "bench": DemoSize(
+        unet_channels=(32, 64, 128), unet_heads=(1, 2, 4), unet_transformer_layers=(1, 1, 2),
+        unet_layers_per_block=2, sample_size=32, te1_hidden=64, te2_hidden=128, te_layers=4,
+        te_heads=4, projection_dim=64, time_embed_dim=32, vae_channels=(16, 32, 64, 64),
+        norm_groups=16,
+    ),
+}
+
+# SDXL base 1.0's noise schedule (facts from its scheduler_config.json).
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+}
+
+
+def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny") -> None:
+    """Write the demo checkpoint, LoRA and ControlNet under ``models_dir``.
+
+    Existing demo outputs are replaced; other files in ``models_dir`` are left alone.
+    """
+    spec = SIZES[size]
+    models_dir = Path(models_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        pipe = build_demo_pipeline(spec)
+        _save_dir(models_dir / "checkpoints" / DEMO_MODEL_NAME, pipe.save_pretrained)
+        _write_controlnet(pipe.unet, spec, models_dir / "controlnets" / DEMO_CONTROLNET_NAME)
+        # Last, because adding adapters mutates the in-memory components.
+        _write_lora(pipe, spec, models_dir / "loras")
+
+
+def build_demo_pipeline(spec: DemoSize):
+    """Build an in-memory ``StableDiffusionXLPipeline`` with random weights for ``spec``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    te1, te2 = _text_encoders(spec)
+    return StableDiffusionXLPipeline(
+        vae=_vae(spec),
+        text_encoder=te1,
+        text_encoder_2=te2,
+        tokenizer=build_tokenizer(pad_token="<|endoftext|>"),
+        tokenizer_2=build_tokenizer(pad_token="!"),
+        unet=_unet(spec),
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        add_watermarker=False,  # the watermark package is optional and slow; SDXL's own
+    )
+
+
+def _unet(spec: DemoSize):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=spec.sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=spec.unet_channels,
+        layers_per_block=spec.unet_layers_per_block,
+        # diffusers' SDXL config names the head *count* attention_head_dim; keep that quirk.
+        attention_head_dim=spec.unet_heads,
+        transformer_layers_per_block=spec.unet_transformer_layers,
+        norm_num_groups=spec.norm_groups,
+        # SDXL cross-attends to the concatenated penultimate states of both encoders.
+        cross_attention_dim=spec.te1_hidden + spec.te2_hidden,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=spec.time_embed_dim,
+        # pooled text embeds (projection_dim) + 6 micro-conditioning numbers, each embedded
+        projection_class_embeddings_input_dim=spec.projection_dim + 6 * spec.time_embed_dim,
+    )
+
+
+def _vae(spec: DemoSize):
+    from diffusers import AutoencoderKL
+
+    # 4 blocks => 3 downsamples => 8x, like the real SDXL VAE.
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=spec.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=spec.norm_groups // 2,
+        sample_size=spec.sample_size * 8,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+
+
+def _text_encoders(spec: DemoSize):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    vocab = _vocab()
+    common = dict(
+        vocab_size=len(vocab),
+        num_hidden_layers=spec.te_layers,
+        num_attention_heads=spec.te_heads,
+        max_position_embeddings=77,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=1,
+        projection_dim=spec.projection_dim,
+    )
+    te1 = CLIPTextModel(CLIPTextConfig(
+        hidden_size=spec.te1_hidden, intermediate_size=4 * spec.te1_hidden,
+        hidden_act="quick_gelu", **common))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+        hidden_size=spec.te2_hidden, intermediate_size=4 * spec.te2_hidden,
+        hidden_act="gelu", **common))
+    return te1.eval(), te2.eval()
+
+
+# --- tokenizer ---------------------------------------------------------------------------
+
+# A handful of merges so the BPE path is exercised; the rest of a word falls back to bytes.
+_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"),
+           ("in", "g</w>"), ("o", "n</w>"), ("e", "r</w>"), ("a", "t</w>"), ("o", "f</w>")]
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/CLIP scheme)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:  # unprintable bytes are shifted past 255, in byte order
+            chars[b] = chr(256 + extra)
+            extra += 1
+    # CLIP orders the vocabulary printable-first; keep that so "!" is id 0 as in SDXL.
+    return [chars[b] for b in printable] + [chars[b] for b in range(256) if b not in printable]
+
+
+def _vocab() -> dict[str, int]:
+    """CLIP-style vocabulary: bytes, bytes + ``</w>``, merge results, then the specials."""
+    alphabet = _byte_alphabet()
+    tokens = alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in _MERGES]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(tokens)}
+
+
+def build_tokenizer(pad_token: str):
+    """A ``CLIPTokenizer`` over the locally written demo vocabulary (77 tokens max)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_vocab(), merges=list(_MERGES),
+                         pad_token=pad_token, model_max_length=77)
+
+
+def write_tokenizer_files(folder: Path, pad_token: str) -> None:
+    """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` by hand.
+
+    Written directly (not via ``save_pretrained``) so the bytes depend only on this code.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(_vocab(), ensure_ascii=False), "utf-8")
+    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES)
+    (folder / "merges.txt").write_text(merges, "utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+        "do_lower_case": True,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+
+
+# --- saving ------------------------------------------------------------------------------
+
+
+def _save_dir(target: Path, save) -> None:
+    """Replace ``target`` with a fresh ``save_pretrained`` output."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    save(target, safe_serialization=True)
+    if (target / "model_index.json").exists():
+        for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+            shutil.rmtree(target / sub, ignore_errors=True)
+            write_tokenizer_files(target / sub, pad)
+
+
+def _small_random_(tensor: torch.Tensor, gen: torch.Generator, std: float) -> None:
+    with torch.no_grad():
+        tensor.copy_(torch.randn(tensor.shape, generator=gen) * std)
+
+
+def _write_controlnet(unet, spec: DemoSize, target: Path) -> None:
+    """A ControlNet copied from the UNet, with its zero-convs re-initialised small.
+
+    A freshly made ControlNet adds exactly zero to the UNet; random zero-convs make
+    ``controlnet_conditioning_scale`` observable in tests.
+    """
+    from diffusers import ControlNetModel
+
+    c = spec.unet_channels[0]
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=(c // 2, c // 2, c, c))
+    gen = torch.Generator().manual_seed(_SEED + 1)
+    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                  controlnet.controlnet_cond_embedding.conv_out]
+    for conv in zero_convs:
+        _small_random_(conv.weight, gen, std=0.05)
+        _small_random_(conv.bias, gen, std=0.01)
+    _save_dir(target, controlnet.save_pretrained)
+
+
+def _write_lora(pipe, spec: DemoSize, loras_dir: Path) -> None:
+    """Save a LoRA over the UNet attention projections and both text encoders."""
+    from diffusers import StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    rank = spec.lora_rank
+    unet_cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                          target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    text_cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                          target_modules=["q_proj", "k_proj", "v_proj", "out_proj"])
+    gen = torch.Generator().manual_seed(_SEED + 2)
+    layers = {}
+    for name, model, cfg in (("unet", pipe.unet, unet_cfg),
+                             ("text_encoder", pipe.text_encoder, text_cfg),
+                             ("text_encoder_2", pipe.text_encoder_2, text_cfg)):
+        model.add_adapter(cfg)
+        # peft zero-initialises lora_B, which would make the LoRA a no-op.
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:
+                _small_random_(param, gen, std=0.5 / param.shape[1] ** 0.5)
+        layers[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    loras_dir.mkdir(parents=True, exist_ok=True)
+    StableDiffusionXLPipeline.save_lora_weights(
+        loras_dir,
+        unet_lora_layers=layers["unet"],
+        text_encoder_lora_layers=layers["text_encoder"],
+        text_encoder_2_lora_layers=layers["text_encoder_2"],
+        weight_name=f"{DEMO_LORA_NAME}.safetensors",
+    )

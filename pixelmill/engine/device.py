@@ -1,0 +1,273 @@
+"""Device, dtype and memory/speed options, chosen in one place and applied to pipelines.
+
+``select_device`` turns a preference ("auto", "cpu", "cuda:1", "mps") into a frozen
+:class:`DeviceConfig`; ``prepare_pipeline`` applies it to a freshly loaded pipeline
+(placement or CPU offload, SDPA attention, channels-last, VAE tiling/slicing, the
+fp16-safe VAE, ``torch.compile``). ``nan_guard`` refuses black/NaN images, the visible
+symptom of fp16 overflow.
+
+Precision choices:
+
+* CUDA: fp16. SDXL's UNet and text encoders are fine in fp16; its VAE overflows, which
+  is handled by ``force_upcast`` (decode in fp32) unless an fp16-fix VAE is configured.
+* MPS: fp16 as well. fp32 SDXL needs ~14 GB of unified memory and is roughly twice as
+  slow; fp16 with the same VAE upcast is what diffusers' Apple guide uses, and
+  ``nan_guard`` catches the rare black output instead of returning it silently.
+* CPU: fp32, because fp16 matmuls on CPU are slow or unsupported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from pixelmill.errors import GenerationFailed, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+Offload = Literal["none", "model", "sequential"]
+
+# "reduce-overhead" uses CUDA graphs, which pin one static buffer set per input shape
+# (every width x height x batch a server sees) and break when LoRA weights are swapped
+# between calls; autotuned kernels without graphs give most of the speed-up safely.
+COMPILE_MODE = "max-autotune-no-cudagraphs"
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where and how pipelines run. Built by :func:`select_device`, never mutated."""
+
+    device: str
+    dtype: torch.dtype
+    offload: Offload = "none"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    compile: bool = False
+    vae_path: Path | None = None
+    """Optional diffusers ``AutoencoderKL`` folder replacing every model's VAE (e.g. an
+    fp16-fix SDXL VAE, which makes the fp32 upcast for decoding unnecessary)."""
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def half(self) -> bool:
+        return self.dtype in (torch.float16, torch.bfloat16)
+
+
+def select_device(
+    preference: str = "auto",
+    *,
+    offload: Offload = "none",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+    compile: bool = False,
+    vae_path: Path | None = None,
+) -> DeviceConfig:
+    """Resolve a device preference into a :class:`DeviceConfig`.
+
+    ``auto`` picks CUDA, then MPS, then CPU. An explicit device that is not available
+    raises :class:`~pixelmill.errors.ModelUnavailable`.
+    """
+    device = _resolve_device(preference.strip().lower())
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    if offload not in ("none", "model", "sequential"):
+        raise ModelUnavailable(f"unknown offload mode {offload!r}; use none, model or sequential")
+    return DeviceConfig(device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
+                        vae_slicing=vae_slicing, compile=compile, vae_path=vae_path)
+
+
+def _resolve_device(pref: str) -> str:
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if _mps_available() else "cpu"
+    if pref == "cpu":
+        return "cpu"
+    if pref == "mps":
+        if not _mps_available():
+            raise ModelUnavailable("device 'mps' requested but Apple Metal (MPS) is not available")
+        return "mps"
+    if pref == "cuda" or pref.startswith("cuda:"):
+        return _check_cuda(pref)
+    raise ModelUnavailable(f"unknown device {pref!r}; use auto, cpu, cuda, cuda:N or mps")
+
+
+def _check_cuda(pref: str) -> str:
+    if not torch.cuda.is_available():
+        raise ModelUnavailable(f"device {pref!r} requested but CUDA is not available "
+                               "(no GPU, or torch was installed without CUDA)")
+    index = pref.partition(":")[2]
+    if index:
+        if not index.isdigit():
+            raise ModelUnavailable(f"bad CUDA device {pref!r}; use cuda:N")
+        if int(index) >= torch.cuda.device_count():
+            raise ModelUnavailable(f"device {pref!r} requested but only "
+                                   f"{torch.cuda.device_count()} CUDA device(s) exist")
+    return pref
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps and mps.is_available())
+
+
+# --- applying a config to a pipeline -----------------------------------------------------
+
+
+def prepare_pipeline(pipe: Any, cfg: DeviceConfig) -> Any:
+    """Apply ``cfg`` to a freshly loaded pipeline and return it (modified in place).
+
+    The pipeline should already have been loaded with ``dtype=cfg.dtype``; it is
+    cast anyway so that callers cannot get this wrong.
+    """
+    _quiet_empty_fp32_warning()
+    if cfg.vae_path is not None:
+        _swap_vae(pipe, cfg)
+    _use_sdpa(pipe)
+    _configure_vae(pipe, cfg)
+    apply_placement(pipe, cfg)
+    if cfg.is_cuda and cfg.offload == "none":
+        # NHWC convolutions use tensor cores better on CUDA; no benefit on CPU/MPS.
+        pipe.unet.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        _compile_unet(pipe, cfg)
+    return pipe
+
+
+def apply_placement(pipe: Any, cfg: DeviceConfig) -> None:
+    """Move ``pipe`` to the device, or install CPU-offload hooks (CUDA only).
+
+    Also used for pipelines derived with ``from_pipe``: offload hooks belong to one
+    pipeline's model sequence, so each derived pipeline must install its own.
+    """
+    if cfg.offload != "none" and not cfg.is_cuda:
+        log.warning("offload=%s needs CUDA; ignored on %s", cfg.offload, cfg.device)
+    if _needs_cast(pipe, cfg.dtype):
+        # Only when needed: diffusers warns on every dtype-carrying .to() call.
+        pipe.to(dtype=cfg.dtype)
+    if cfg.offload == "none" or not cfg.is_cuda:
+        pipe.to(cfg.device)
+        return
+    # Offload: weights stay on CPU; accelerate hooks move them on demand.
+    if cfg.offload == "model":
+        pipe.enable_model_cpu_offload(device=cfg.device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=cfg.device)
+
+
+class _EmptyFp32ListFilter(logging.Filter):
+    """Drop diffusers' "modules ... kept in float32: []" warning (empty list = nothing to say).
+
+    diffusers 0.42 logs it on every dtype-carrying ``.to()``, which ``from_pipe`` and
+    the img2img/inpaint VAE upcast do on each call, flooding server logs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+def _quiet_empty_fp32_warning() -> None:
+    target = logging.getLogger("diffusers.models.modeling_utils")
+    if not any(isinstance(f, _EmptyFp32ListFilter) for f in target.filters):
+        target.addFilter(_EmptyFp32ListFilter())
+
+
+def _needs_cast(pipe: Any, dtype: torch.dtype) -> bool:
+    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    return any(p.dtype != dtype for m in modules for p in m.parameters() if p.is_floating_point())
+
+
+def _swap_vae(pipe: Any, cfg: DeviceConfig) -> None:
+    from diffusers import AutoencoderKL
+
+    try:
+        vae = AutoencoderKL.from_pretrained(cfg.vae_path, dtype=cfg.dtype,
+                                            use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"cannot load the configured VAE: {exc}") from exc
+    pipe.vae = vae  # DiffusionPipeline.__setattr__ also updates the pipeline config
+
+
+def _use_sdpa(pipe: Any) -> None:
+    """Force PyTorch's fused scaled-dot-product attention on the UNet and VAE.
+
+    It is diffusers' default on torch 2, but a checkpoint's saved processors (or an
+    earlier ``set_attn_processor``) could have replaced it; setting it is cheap.
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for name in ("unet", "vae"):
+        model = getattr(pipe, name, None)
+        if model is not None and hasattr(model, "set_attn_processor"):
+            model.set_attn_processor(AttnProcessor2_0())
+
+
+def _configure_vae(pipe: Any, cfg: DeviceConfig) -> None:
+    vae = pipe.vae
+    if cfg.vae_tiling:
+        vae.enable_tiling()
+    if cfg.vae_slicing:
+        vae.enable_slicing()
+    if cfg.dtype == torch.float16 and cfg.vae_path is None and not vae.config.force_upcast:
+        # The stock SDXL VAE overflows in fp16 (black/NaN images). The SDXL pipelines
+        # decode (and encode) in fp32 when force_upcast is set; only an fp16-fix VAE
+        # configured through vae_path may turn that off, via its own config.
+        vae.register_to_config(force_upcast=True)
+
+
+def _compile_unet(pipe: Any, cfg: DeviceConfig) -> None:
+    if cfg.offload == "sequential":
+        log.warning("compile is not compatible with sequential offload; not compiling")
+        return
+    # Module.compile() compiles in place and keeps the UNet2DConditionModel type, so
+    # from_pipe type checks and load_lora_weights keep working on the compiled UNet.
+    pipe.unet.compile(mode=COMPILE_MODE, fullgraph=False)
+
+
+def warmup(pipe: Any, width: int, height: int, *, guidance: float = 5.0) -> None:
+    """Run one 2-step generation so that ``torch.compile`` and kernel selection happen now.
+
+    Compiled graphs are specialised on shapes: warm up at the size (and with classifier
+    free guidance on, i.e. batch 2 in the UNet) that most requests will use.
+    """
+    import time
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        pipe(prompt="warmup", num_inference_steps=2, width=width, height=height,
+             guidance_scale=guidance, output_type="np",
+             generator=torch.Generator("cpu").manual_seed(0))
+    log.info("warm-up at %dx%d took %.1f s", width, height, time.perf_counter() - start)
+
+
+# --- output checks ----------------------------------------------------------------------
+
+
+def nan_guard(images: Any) -> None:
+    """Raise :class:`GenerationFailed` if decoded images contain NaN/inf or are all black.
+
+    Accepts a numpy array, a torch tensor or a list of PIL images (anything
+    ``np.asarray`` understands per image). fp16 overflow shows up as NaN in float output
+    and as all-zero pixels once converted to 8-bit; either way we never return it.
+    """
+    for index, image in enumerate(_as_arrays(images)):
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise GenerationFailed(f"image {index} contains NaN/inf values (numeric overflow; "
+                                   "an fp16-fix VAE or fp32 may be needed)")
+        if image.size and float(np.abs(image).max()) == 0.0:
+            raise GenerationFailed(f"image {index} is entirely black (likely numeric overflow)")
+
+
+def _as_arrays(images: Any) -> list[np.ndarray]:
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        return [images] if images.ndim <= 3 else list(images)
+    return [np.asarray(image) for image in images]

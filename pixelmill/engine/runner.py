@@ -1,0 +1,115 @@
+"""Runs an :class:`Engine` on its own thread so the asyncio event loop never blocks.
+
+One runner per device, one thread per runner: every load and every generation is a
+task on that thread, in order. That is what guarantees a pipeline is never used by two
+requests at once, while ``/health`` and every other route stay instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from pixelmill.domain import GenerationRequest, JobResult, Progress
+from pixelmill.errors import ModelUnavailable
+from pixelmill.registry import ModelRegistry
+from pixelmill.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EngineState(str, enum.Enum):
+    """Where the engine is in its life: loading its model, serving, or failed to load."""
+
+    loading = "loading"
+    ready = "ready"
+    failed = "failed"
+
+
+class CancelToken:
+    """Set by whoever wants a generation stopped; read by the engine between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def canceled(self) -> bool:
+        return self._event.is_set()
+
+
+class EngineRunner:
+    """Owns one engine thread; async callers submit requests and await results."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry):
+        self._settings = settings
+        self._registry = registry
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelmill-engine")
+        self._engine = None
+        self.state = EngineState.loading
+        self.error: str | None = None
+        self.busy = False
+
+    def start(self) -> Future:
+        """Build the engine and load its model on the engine thread (returns at once)."""
+        return self._executor.submit(self._start)
+
+    def _start(self):
+        from pixelmill.engine.engine import Engine  # torch/diffusers load on the engine thread
+
+        try:
+            self._engine = Engine(self._settings, self._registry)
+            info = self._engine.start()
+        except Exception as exc:
+            self.state, self.error = EngineState.failed, str(exc)
+            log.error("the engine could not start: %s", exc)
+            raise
+        self.state = EngineState.ready
+        return info
+
+    @property
+    def engine(self):
+        """The engine once it started; raises :class:`ModelUnavailable` before that."""
+        if self._engine is None or self.state is not EngineState.ready:
+            raise ModelUnavailable(self.error or "the model is still loading; retry shortly", code="model_loading")
+        return self._engine
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> JobResult:
+        """Run ``request`` on the engine thread; cancels the generation if the caller is."""
+        loop = asyncio.get_running_loop()
+        token = cancel or CancelToken()
+
+        def report(step: int, total: int) -> None:
+            if on_progress is not None:
+                loop.call_soon_threadsafe(on_progress, Progress(step=step, total=total))
+
+        future = self._executor.submit(self._run, request, report, token)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            token.cancel()  # the waiter went away (client disconnected): stop at the next step
+            raise
+
+    def _run(self, request: GenerationRequest, report, token: CancelToken) -> JobResult:
+        engine = self.engine
+        self.busy = True
+        try:
+            return engine.generate(request, on_progress=report, is_canceled=lambda: token.canceled)
+        finally:
+            self.busy = False
+
+    def shutdown(self) -> None:
+        """Stop accepting work; queued generations are dropped, the running one finishes."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
