@@ -1,0 +1,110 @@
+"""The one table from pixelmill errors to HTTP, and the error body every route returns.
+
+Body (OpenAI's envelope, which every dialect so far can use)::
+
+    {"error": {"message": "...", "type": "invalid_request_error",
+               "param": "size", "code": "invalid_request", "request_id": "..."}}
+
+Server faults (5xx) carry the request id, which also appears in the log next to the
+traceback; the body never contains a traceback, a path or a secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pixelmill import errors
+
+log = logging.getLogger("pixelmill.api")
+
+# (status, OpenAI error type) for each error class; the first matching base wins.
+STATUS_TABLE: list[tuple[type[errors.PixelmillError], int, str]] = [
+    (errors.PayloadTooLarge, 413, "invalid_request_error"),
+    (errors.InvalidRequest, 400, "invalid_request_error"),
+    (errors.NotFound, 404, "invalid_request_error"),
+    (errors.Unauthorized, 401, "authentication_error"),
+    (errors.Overloaded, 429, "rate_limit_error"),
+    (errors.GenerationCanceled, 409, "invalid_request_error"),
+    (errors.ModelUnavailable, 503, "server_error"),
+    (errors.GenerationFailed, 500, "server_error"),
+    (errors.PixelmillError, 500, "server_error"),
+]
+
+
+def status_of(exc: errors.PixelmillError) -> tuple[int, str]:
+    """HTTP status and OpenAI error type for ``exc``."""
+    for cls, status, kind in STATUS_TABLE:
+        if isinstance(exc, cls):
+            return status, kind
+    raise AssertionError("PixelmillError is the last row of the table")
+
+
+def request_id_of(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def error_body(exc: errors.PixelmillError, request_id: str | None) -> dict:
+    """The envelope for ``exc``; 5xx messages name the request id to quote in a report."""
+    status, kind = status_of(exc)
+    message = f"{exc.message} (request id {request_id})" if status >= 500 and request_id else exc.message
+    return {
+        "error": {
+            "message": message, "type": kind, "param": exc.param,
+            "code": exc.code, "request_id": request_id,
+        }
+    }
+
+
+def error_response(exc: errors.PixelmillError, request_id: str | None) -> JSONResponse:
+    """The JSON response for ``exc``: status from the table, envelope body."""
+    status, _ = status_of(exc)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Overloaded) else None
+    return JSONResponse(error_body(exc, request_id), status_code=status, headers=headers)
+
+
+@contextlib.contextmanager
+def wire_params(names: Mapping[str, str]) -> Iterator[None]:
+    """Rename internal ``param`` names to a dialect's wire names on the way out."""
+    try:
+        yield
+    except errors.PixelmillError as exc:
+        if exc.param in names:
+            exc.param = names[exc.param]
+        raise
+
+
+def _validation_error(exc: RequestValidationError) -> errors.InvalidRequest:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    message = f"{param}: {first['msg']}" if param else str(first["msg"])
+    return errors.InvalidRequest(message, param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception through the table above."""
+
+    @app.exception_handler(errors.PixelmillError)
+    async def _pixelmill(request: Request, exc: errors.PixelmillError) -> JSONResponse:
+        if status_of(exc)[0] >= 500:
+            log.error("request %s failed: %s", request_id_of(request), exc.message)
+        return error_response(exc, request_id_of(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(exc), request_id_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cls = errors.NotFound if exc.status_code == 404 else errors.InvalidRequest
+        error = cls(str(exc.detail))
+        response = error_response(error, request_id_of(request))
+        response.status_code = exc.status_code
+        return response

@@ -1,0 +1,129 @@
+"""OpenAI Images routes: ``/v1/images/*`` and ``/v1/models``.
+
+Thin on purpose: parse the wire model, translate to a :class:`GenerationRequest`,
+call the generation service, render OpenAI's response. Errors leave through the
+app's one error table, with internal parameter names renamed to OpenAI's.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from pixelmill.api.deps import BaseUrlDep, ServicesDep
+from pixelmill.api.errors import wire_params
+from pixelmill.api.openai.protocol import (
+    PARAM_NAMES,
+    ImageEditForm,
+    ImageGenerationCreate,
+    ImagesResponse,
+    ImageVariationForm,
+    parse_size,
+    render_response,
+)
+from pixelmill.api.uploads import form_fields, read_image
+from pixelmill.domain import GenerationRequest
+from pixelmill.engine.imageio import reencode_png
+from pixelmill.engine.masks import flatten, prepare_inpaint
+from pixelmill.errors import InvalidRequest, ModelUnavailable
+from pixelmill.registry import ModelKind
+from pixelmill.services import Services
+from pixelmill.validation import fit_size
+
+router = APIRouter(prefix="/v1", tags=["OpenAI Images"])
+
+
+def _multipart_body(model: type) -> dict:
+    """OpenAPI description of a multipart body: the form model plus its files."""
+    schema = model.model_json_schema()
+    schema["properties"] |= {
+        "image": {"type": "string", "format": "binary"},
+        "mask": {"type": "string", "format": "binary"},
+    }
+    schema["required"] = [*schema.get("required", []), "image"]
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+async def _respond(services: Services, request: GenerationRequest, response_format: str | None, base_url: str) -> ImagesResponse:
+    with wire_params(PARAM_NAMES):
+        result = await services.generation.generate(request)
+    urls = None
+    if response_format == "url":
+        urls = [f"{base_url}/v1/files/{services.results.put(img.data, img.media_type)}" for img in result.images]
+    return render_response(result, request, urls)
+
+
+def _parse_form(model: type, fields: dict):
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
+
+
+def _size_for(form, image_size: tuple[int, int], services: Services) -> tuple[int, int]:
+    width, height = parse_size(form.size)
+    if width is None or height is None:
+        return fit_size(*image_size, services.settings)
+    return width, height
+
+
+@router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+async def create_image(body: ImageGenerationCreate, services: ServicesDep, base_url: BaseUrlDep) -> ImagesResponse:
+    """Generate images from a prompt (OpenAI ``images.generate``)."""
+    with wire_params(PARAM_NAMES):
+        request = body.to_request(services.settings)
+    return await _respond(services, request, body.response_format, base_url)
+
+
+@router.post(
+    "/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
+    openapi_extra=_multipart_body(ImageEditForm),
+)
+async def edit_image(http: Request, services: ServicesDep, base_url: BaseUrlDep) -> ImagesResponse:
+    """Repaint the masked area of an image (OpenAI ``images.edit``: alpha 0 = edit)."""
+    form = await http.form()
+    body = _parse_form(ImageEditForm, form_fields(form))
+    upload = await read_image(form, "image", services.settings)
+    mask_upload = await read_image(form, "mask", services.settings, required=False)
+    image, mask = prepare_inpaint(upload, mask_upload, mask_mode=body.mask_mode)
+    with wire_params(PARAM_NAMES):
+        request = body.to_request(
+            services.settings, reencode_png(image), reencode_png(mask), _size_for(body, image.size, services)
+        )
+    return await _respond(services, request, body.response_format, base_url)
+
+
+@router.post(
+    "/images/variations", response_model=ImagesResponse, response_model_exclude_none=True,
+    openapi_extra=_multipart_body(ImageVariationForm),
+)
+async def create_variation(http: Request, services: ServicesDep, base_url: BaseUrlDep) -> ImagesResponse:
+    """Variations of an image (OpenAI ``images.create_variation``), made with img2img."""
+    form = await http.form()
+    body = _parse_form(ImageVariationForm, form_fields(form))
+    image = await read_image(form, "image", services.settings)
+    with wire_params(PARAM_NAMES):
+        request = body.to_request(
+            services.settings, reencode_png(flatten(image)), _size_for(body, image.size, services)
+        )
+    return await _respond(services, request, body.response_format, base_url)
+
+
+@router.get("/models")
+async def list_models(services: ServicesDep) -> dict:
+    """Models this server can serve, in OpenAI's list shape."""
+    names = [entry.name for entry in services.registry.list(ModelKind.checkpoint)]
+    try:
+        loaded = services.runner.engine.info.model
+        names = [loaded, *(n for n in names if n != loaded)]
+    except ModelUnavailable:  # still loading: list what is on disk
+        pass
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": created, "owned_by": "pixelmill"} for name in names],
+    }

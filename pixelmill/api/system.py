@@ -1,0 +1,43 @@
+"""Routes that are not an API dialect: ``/health`` and ``/v1/files/{id}``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse
+
+from pixelmill import __version__
+from pixelmill.api.deps import ServicesDep
+from pixelmill.engine.runner import EngineState
+
+router = APIRouter(tags=["System"])
+
+
+@router.get("/health")
+async def health(services: ServicesDep) -> JSONResponse:
+    """Liveness and readiness: 200 once the model is loaded, 503 while loading or failed.
+
+    Answers from memory only, so it stays instant while the engine is generating.
+    """
+    runner = services.runner
+    body: dict = {"status": runner.state.value, "version": __version__, "busy": runner.busy}
+    if runner.state is EngineState.ready:
+        info = runner.engine.info
+        body |= {"model": info.model, "demo": info.demo, "device": info.device, "dtype": info.dtype}
+    elif runner.error:
+        body["error"] = runner.error
+    return JSONResponse(body, status_code=200 if runner.state is EngineState.ready else 503)
+
+
+@router.get(
+    "/v1/files/{file_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+)
+async def download_file(file_id: str, services: ServicesDep) -> FileResponse:
+    """A generated image, for ``response_format=url``; expires after the retention period."""
+    stored = services.results.get(file_id)
+    return FileResponse(
+        stored.path,
+        media_type=stored.media_type,
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+    )

@@ -1,0 +1,1 @@
+"""Running generations for the API: the service every dialect calls, and result storage."""

@@ -1,0 +1,73 @@
+"""Generated files kept for download (``/v1/files/{id}``) for a retention period.
+
+Single-host default: a local directory. Ids are 192-bit random tokens, so a file
+cannot be guessed; the id is the only part of a file name, so nothing a user sends
+reaches the filesystem. Expired files are refused at once and swept periodically.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixelmill.errors import NotFound
+
+FILE_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+MEDIA_TYPES = {ext: media for media, ext in EXTENSIONS.items()}
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A stored result: where it is and what it is."""
+
+    id: str
+    path: Path
+    media_type: str
+
+
+class ResultStore:
+    """Keeps result files in a directory, each downloadable for ``retention_s`` seconds."""
+
+    def __init__(self, root: Path, retention_s: int):
+        self.root = root
+        self.retention_s = retention_s
+
+    def put(self, data: bytes, media_type: str) -> str:
+        """Store ``data`` and return its new unguessable id."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        file_id = secrets.token_urlsafe(24)  # 24 bytes → 32 URL-safe characters
+        path = self.root / f"{file_id}.{EXTENSIONS[media_type]}"
+        tmp = path.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: a reader never sees half a file
+        return file_id
+
+    def get(self, file_id: str) -> StoredFile:
+        """The stored file ``file_id``; :class:`NotFound` when unknown or expired."""
+        if FILE_ID.fullmatch(file_id):
+            for path in self.root.glob(f"{file_id}.*"):
+                media_type = MEDIA_TYPES.get(path.suffix[1:])
+                if media_type and not self._expired(path, time.time()):
+                    return StoredFile(file_id, path, media_type)
+        raise NotFound(f"file {file_id!r} does not exist or has expired", param="file_id")
+
+    def _expired(self, path: Path, now: float) -> bool:
+        try:
+            return now - path.stat().st_mtime > self.retention_s
+        except FileNotFoundError:
+            return True
+
+    def sweep(self) -> int:
+        """Delete expired files; returns how many were removed."""
+        if not self.root.is_dir():
+            return 0
+        now, removed = time.time(), 0
+        for path in self.root.iterdir():
+            if self._expired(path, now):
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
