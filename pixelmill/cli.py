@@ -1,0 +1,122 @@
+"""The ``pixelmill`` command: serve, generate, demo-model, models.
+
+Each command is a thin shell over the layers: ``serve`` builds the app, ``generate``
+calls a server's native API (or an in-process engine), ``demo-model`` writes the
+random-weight model, ``models`` lists the models directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pixelmill import __version__
+from pixelmill.cli_settings import with_settings
+from pixelmill.settings import Settings
+
+app = typer.Typer(
+    help="pixelmill: self-hosted image generation with OpenAI-compatible APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+@with_settings
+def serve(
+    settings: Settings,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Start the HTTP server (OpenAI Images API at /v1, docs at /docs)."""
+    import uvicorn
+
+    from pixelmill.api.app import create_app
+
+    _configure_logging(log_level)
+    console.print(f"pixelmill {__version__}: http://{settings.host}:{settings.port}  (docs at /docs)")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+@app.command("demo-model")
+def demo_model(
+    directory: Annotated[Path, typer.Argument(help="Models directory to write into.")],
+    size: Annotated[str, typer.Option(help="tiny (tests, quick start) or bench (benchmarks).")] = "tiny",
+) -> None:
+    """Write the random-weight demo model (SDXL architecture) plus a LoRA and a ControlNet."""
+    if size not in ("tiny", "bench"):
+        raise typer.BadParameter("size must be 'tiny' or 'bench'", param_hint="--size")
+    from pixelmill.engine.demo import write_demo_models
+
+    with console.status(f"writing the {size} demo model to {directory}"):
+        write_demo_models(directory, size=size)  # type: ignore[arg-type]
+    console.print(f"[green]wrote[/] {directory}/checkpoints/demo, loras/demo-style, controlnets/demo-canny")
+    console.print(f"serve it with: pixelmill serve --models-dir {directory} --model demo")
+
+
+@app.command()
+@with_settings
+def models(settings: Settings) -> None:
+    """List the checkpoints, LoRAs and ControlNets in the models directory."""
+    from pixelmill.registry import ModelKind, ModelRegistry
+
+    registry = ModelRegistry(settings.models_dir)
+    registry.refresh()
+    table = Table(title=f"models in {settings.models_dir}")
+    for column in ("kind", "name", "format", "size"):
+        table.add_column(column)
+    for kind in ModelKind:
+        for entry in registry.list(kind):
+            fmt = "single file" if entry.single_file else "diffusers folder"
+            table.add_row(kind.name, entry.name, fmt, f"{entry.size_bytes / 2**20:,.1f} MiB")
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (n>1: name-1.png, …).")] = Path("image.png"),
+    server: Annotated[str | None, typer.Option(help="Server URL; without it, generate in this process.")] = None,
+    seed: Annotated[int, typer.Option(help="-1 = random.")] = -1,
+    n: Annotated[int, typer.Option(help="Number of images.")] = 1,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT; default: the model's native size.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="CFG scale.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="e.g. euler_a, dpmpp_2m_karras.")] = None,
+    negative_prompt: Annotated[str, typer.Option(help="What to avoid.")] = "",
+    model: Annotated[str | None, typer.Option(help="Model name (default: the server's).")] = None,
+    output_format: Annotated[Literal["png", "jpeg", "webp"], typer.Option("--format")] = "png",
+    models_dir: Annotated[Path | None, typer.Option(help="Local mode: models directory.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="PIXELMILL_API_KEY", help="Bearer key for the server.")] = None,
+) -> None:
+    """Generate images with a progress bar; prints the seed used."""
+    from pixelmill.generate_cli import GenerateOptions, run_generate
+
+    options = GenerateOptions(
+        prompt=prompt, output=output, seed=seed, n=n, size=size, steps=steps, guidance=guidance,
+        scheduler=scheduler, negative_prompt=negative_prompt, model=model, output_format=output_format,
+    )
+    run_generate(options, server=server, models_dir=models_dir, api_key=api_key, console=console)
+
+
+def main() -> None:
+    """Entry point of the ``pixelmill`` script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()
