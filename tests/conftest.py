@@ -1,0 +1,38 @@
+"""Fixtures shared by all suites: the tiny demo model and a real pixelmill server.
+
+No test downloads weights: ``HF_HUB_OFFLINE=1`` is set before anything imports the
+Hugging Face libraries, and the models come from ``pixelmill demo-model``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests.support.server import ServerProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory holding the tiny demo model, its LoRA and its ControlNet."""
+    from pixelmill.engine.demo import write_demo_models
+
+    root = tmp_path_factory.mktemp("models")
+    write_demo_models(root, size="tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real ``pixelmill serve`` process on loopback serving the demo model."""
+    workdir = tmp_path_factory.mktemp("server")
+    proc = ServerProcess(workdir, "--models-dir", str(demo_models), "--model", "demo", "--default-steps", "2")
+    proc.start()
+    yield proc
+    proc.stop()

@@ -1,0 +1,95 @@
+"""Server behaviour over real HTTP: health while busy, SSE progress, the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from tests.support.images import decode
+from tests.support.server import subprocess_env
+
+
+def test_health_reports_the_demo_model(server):
+    body = httpx.get(f"{server.url}/health").json()
+    assert body["status"] == "ready"
+    assert body["model"] == "demo"
+    assert body["demo"] is True
+    assert body["device"] == "cpu"
+
+
+def test_health_answers_within_50ms_while_generating(server):
+    def long_generation() -> None:
+        payload = {"model": "demo", "prompt": "slow", "size": "512x512", "steps": 30}
+        httpx.post(f"{server.url}/v1/images/generations", json=payload, timeout=300)
+
+    worker = threading.Thread(target=long_generation)
+    worker.start()
+    latencies, busy_seen = [], 0
+    with httpx.Client() as client:
+        client.get(f"{server.url}/health")  # open the connection outside the measurement
+        while worker.is_alive():
+            started = time.perf_counter()
+            body = client.get(f"{server.url}/health").json()
+            if body["busy"]:
+                latencies.append(time.perf_counter() - started)
+                busy_seen += 1
+            time.sleep(0.02)
+    worker.join()
+    assert busy_seen >= 5, "the generation finished before health could be measured"
+    latencies.sort()
+    assert latencies[-1] < 0.05, f"slowest /health while generating: {latencies[-1] * 1000:.1f} ms"
+
+
+def test_native_generate_streams_progress_then_result(server):
+    payload = {"prompt": "stream me", "width": 64, "height": 64, "steps": 4, "seed": 3}
+    events = []
+    with httpx.stream(
+        "POST", f"{server.url}/v1/generate", json=payload,
+        headers={"Accept": "text/event-stream"}, timeout=120,
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((name, line.split(":", 1)[1].strip()))
+    names = [name for name, _ in events]
+    assert names[-1] == "result"
+    steps = [httpx.Response(200, content=data).json()["step"] for name, data in events if name == "progress"]
+    assert steps == [1, 2, 3, 4]
+    result = httpx.Response(200, content=events[-1][1]).json()
+    assert result["seed"] == 3 and decode(result["images"][0]["b64_json"]).size == (64, 64)
+
+
+def test_native_generate_json_and_error(server):
+    ok = httpx.post(f"{server.url}/v1/generate", json={"prompt": "x", "width": 64, "height": 64, "steps": 1}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["images"][0]["width"] == 64
+    bad = httpx.post(f"{server.url}/v1/generate", json={"prompt": "x", "width": 65, "height": 64})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "width"
+
+
+def test_cli_generate_against_server(server, tmp_path):
+    out = tmp_path / "fox.png"
+    command = [
+        sys.executable, "-m", "pixelmill.cli", "generate", "a red fox in snow", "--seed", "7",
+        "-o", str(out), "--server", server.url, "--size", "64x64", "--steps", "2",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "seed 7" in done.stdout
+    assert decode(out.read_bytes()).size == (64, 64)
+
+
+def test_cli_generate_reports_bad_parameter(server, tmp_path):
+    command = [
+        sys.executable, "-m", "pixelmill.cli", "generate", "x", "--server", server.url,
+        "--size", "65x64", "-o", str(tmp_path / "x.png"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert done.returncode == 1
+    assert "width" in done.stderr

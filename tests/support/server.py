@@ -1,0 +1,71 @@
+"""Run ``pixelmill serve`` as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment every server and CLI process in the tests gets: offline, quiet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELMILL_")}
+    env |= {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    return env | extra
+
+
+class ServerProcess:
+    """``pixelmill serve`` in a subprocess; ``url`` once ``/health`` says ready."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"server-{self.port}.log"
+        self.args = ["--port", str(self.port), "--data-dir", str(workdir / "data"), *args]
+        self.env = env or subprocess_env()
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> "ServerProcess":
+        command = [sys.executable, "-m", "pixelmill.cli", "serve", *self.args]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

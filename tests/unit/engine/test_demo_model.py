@@ -1,0 +1,121 @@
+"""The random-weight demo models: deterministic files, real loading paths, testable effects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/huggingface_hub are imported
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelmill.domain import Mode
+from pixelmill.engine.demo import SIZES, write_demo_models
+from pixelmill.engine.device import select_device
+from pixelmill.engine.loader import load_folder
+from pixelmill.engine.pipelines import PipelineSet
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models")
+    write_demo_models(path, "tiny")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipes(models_dir):
+    cfg = select_device("cpu")
+    return PipelineSet(load_folder(models_dir / "checkpoints" / "demo", cfg), "demo", cfg)
+
+
+def _run(pipe, seed=7, **kwargs):
+    return pipe("a small house", num_inference_steps=2, width=64, height=64, output_type="np",
+                generator=torch.Generator().manual_seed(seed), **kwargs).images
+
+
+def _hashes(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_files_are_byte_identical_between_runs(models_dir, tmp_path):
+    write_demo_models(tmp_path, "tiny")
+    assert _hashes(tmp_path) == _hashes(models_dir)
+    assert len(_hashes(models_dir)) >= 18
+
+
+def test_layout_matches_a_models_directory(models_dir):
+    assert (models_dir / "checkpoints" / "demo" / "model_index.json").is_file()
+    assert (models_dir / "loras" / "demo-style.safetensors").is_file()
+    assert (models_dir / "controlnets" / "demo-canny" / "config.json").is_file()
+    assert not list(models_dir.rglob("*.bin")), "only safetensors are written"
+
+
+def test_architecture_is_sdxl_shaped(pipes):
+    base = pipes.base
+    unet = base.unet.config
+    assert unet.addition_embed_type == "text_time"
+    hidden = base.text_encoder.config.hidden_size + base.text_encoder_2.config.hidden_size
+    assert unet.cross_attention_dim == hidden
+    assert unet.projection_class_embeddings_input_dim == (
+        base.text_encoder_2.config.projection_dim + 6 * unet.addition_time_embed_dim)
+    assert base.vae_scale_factor == 8
+    assert pipes.native_size == (128, 128)
+    assert base.tokenizer.model_max_length == 77
+    assert base.tokenizer.pad_token == "<|endoftext|>" and base.tokenizer_2.pad_token == "!"
+
+
+def test_tokenizer_is_written_by_hand(models_dir):
+    vocab = json.loads((models_dir / "checkpoints/demo/tokenizer/vocab.json").read_text())
+    assert vocab["!"] == 0 and "<|startoftext|>" in vocab and "a</w>" in vocab
+
+
+def test_same_seed_same_image_different_seed_different(pipes):
+    first = _run(pipes.base, seed=1)
+    np.testing.assert_array_equal(first, _run(pipes.base, seed=1))
+    assert np.abs(first - _run(pipes.base, seed=2)).max() > 0.05
+
+
+def test_lora_weight_zero_is_no_op_and_one_changes_the_image(pipes, models_dir):
+    base = pipes.base
+    plain = _run(base)
+    base.load_lora_weights(str(models_dir / "loras"), weight_name="demo-style.safetensors",
+                           adapter_name="demo-style")
+    try:
+        # touches UNet and both text encoders
+        assert base.get_list_adapters() == {"unet": ["demo-style"], "text_encoder": ["demo-style"],
+                                            "text_encoder_2": ["demo-style"]}
+        base.set_adapters(["demo-style"], [0.0])
+        np.testing.assert_array_equal(_run(base), plain)
+        base.set_adapters(["demo-style"], [1.0])
+        styled = _run(base)
+        assert np.abs(styled - plain).max() > 0.05
+        assert np.isfinite(styled).all() and 0.05 < styled.std() < 0.45  # visible, not blown up
+    finally:
+        base.unload_lora_weights()
+    np.testing.assert_array_equal(_run(base), plain)
+
+
+def test_controlnet_scale_zero_is_no_op_and_one_changes_the_image(pipes, models_dir):
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_pretrained(models_dir / "controlnets" / "demo-canny")
+    pipe = pipes.get_controlnet(Mode.txt2img, controlnet)
+    assert pipe.unet is pipes.base.unet and pipe.controlnet is controlnet
+    assert pipes.get_controlnet(Mode.txt2img, controlnet) is pipe  # cached
+    hint = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8"))
+    plain = _run(pipes.base)
+    # Exactly equal: with scale 0 the residuals are multiplied by 0.0 before being added.
+    np.testing.assert_array_equal(_run(pipe, image=hint, controlnet_conditioning_scale=0.0), plain)
+    assert np.abs(_run(pipe, image=hint, controlnet_conditioning_scale=1.0) - plain).max() > 0.05
+
+
+def test_sizes_table_is_consistent():
+    for spec in SIZES.values():
+        assert spec.te_layers >= 2  # SDXL reads the penultimate hidden state
+        assert all(c % spec.norm_groups == 0 for c in spec.unet_channels)

@@ -1,0 +1,109 @@
+"""The error table and envelope, exercised through the real app in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from pixelmill import errors
+from pixelmill.api.app import create_app
+from pixelmill.api.errors import STATUS_TABLE, status_of
+from pixelmill.settings import Settings
+
+
+@pytest.fixture()
+def app(tmp_path):
+    # The app is built but its lifespan is not run: the engine never starts, so the
+    # server is "loading" — exactly the state these tests need.
+    application = create_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data"))
+
+    @application.get("/boom")
+    async def boom():
+        raise RuntimeError("secret at /home/user/.cache with key sk-123")
+
+    return application
+
+
+def call(app, method: str, path: str, **kwargs) -> httpx.Response:
+    async def go():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (errors.InvalidRequest("x"), 400),
+        (errors.PayloadTooLarge("x"), 413),
+        (errors.NotFound("x"), 404),
+        (errors.Unauthorized("x"), 401),
+        (errors.Overloaded("x"), 429),
+        (errors.ModelUnavailable("x"), 503),
+        (errors.GenerationFailed("x"), 500),
+        (errors.PixelmillError("x"), 500),
+    ],
+)
+def test_status_table(exc, status):
+    assert status_of(exc)[0] == status
+
+
+def test_every_error_class_has_a_row():
+    classes = {cls for cls, _, _ in STATUS_TABLE}
+    assert set(errors.PixelmillError.__subclasses__()) <= classes | {errors.PayloadTooLarge}
+
+
+def test_unexpected_error_is_500_with_request_id_and_no_details(app):
+    response = call(app, "GET", "/boom")
+    assert response.status_code == 500
+    error = response.json()["error"]
+    rid = response.headers["x-request-id"]
+    assert error["request_id"] == rid and rid in error["message"]
+    for leak in ("Traceback", "/home/user", "sk-123", "RuntimeError"):
+        assert leak not in response.text
+
+
+def test_generation_while_loading_is_503(app):
+    response = call(app, "POST", "/v1/images/generations", json={"prompt": "x"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_loading"
+
+
+def test_health_is_503_while_loading(app):
+    response = call(app, "GET", "/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "loading"
+
+
+def test_declared_oversized_json_is_refused_before_reading(app):
+    response = call(
+        app, "POST", "/v1/images/generations",
+        content=b"{}", headers={"content-type": "application/json", "content-length": str(2 << 20)},
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["param"] == "body"
+
+
+def test_streamed_oversized_body_is_refused(app):
+    async def chunks():
+        for _ in range(40):
+            yield b"x" * 65536
+
+    response = call(app, "POST", "/v1/images/generations", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_malformed_json_is_400(app):
+    response = call(app, "POST", "/v1/images/generations", content=b"{", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_route_is_404_envelope(app):
+    response = call(app, "GET", "/v1/nothing")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"

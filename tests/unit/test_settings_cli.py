@@ -1,0 +1,71 @@
+"""Every setting is a CLI flag and a PIXELMILL_* variable; flags win over the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pixelmill import cli
+from pixelmill.cli_settings import with_settings
+from pixelmill.settings import Settings, load_settings
+
+runner = CliRunner()
+
+
+def test_environment_and_overrides(monkeypatch):
+    monkeypatch.setenv("PIXELMILL_PORT", "9001")
+    monkeypatch.setenv("PIXELMILL_MODELS_DIR", "/srv/models")
+    assert load_settings().port == 9001
+    assert load_settings().models_dir == Path("/srv/models")
+    assert load_settings(port=9002, host=None).port == 9002
+
+
+def test_defaults_are_safe():
+    settings = Settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.model is None
+    assert settings.result_retention_s == 3600
+
+
+def test_every_setting_is_a_documented_serve_flag():
+    import typer.main
+
+    serve = typer.main.get_command(cli.app).commands["serve"]
+    options = {opt: param for param in serve.params for opt in param.opts}
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert flag in options, flag
+        assert options[flag].help, f"{flag} has no help text"
+
+
+def test_flags_reach_settings(monkeypatch):
+    seen = {}
+
+    @with_settings
+    def command(settings: Settings) -> None:
+        seen["settings"] = settings
+
+    import typer
+
+    app = typer.Typer()
+    app.command()(command)
+    monkeypatch.setenv("PIXELMILL_PORT", "9001")
+    result = runner.invoke(app, ["--port", "7000", "--offload", "model", "--compile", "--model-aliases", "x"])
+    assert result.exit_code == 0, result.output
+    settings = seen["settings"]
+    assert (settings.port, settings.offload, settings.compile, settings.model_aliases) == (7000, "model", True, ["x"])
+
+
+def test_invalid_flag_value_is_a_clear_error():
+    @with_settings
+    def command(settings: Settings) -> None:
+        pass
+
+    import typer
+
+    app = typer.Typer()
+    app.command()(command)
+    result = runner.invoke(app, ["--offload", "everything"])
+    assert result.exit_code != 0
+    assert "offload" in result.output
