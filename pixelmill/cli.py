@@ -47,8 +47,26 @@ def serve(
     from pixelmill.api.app import create_app
 
     _configure_logging(log_level)
+    _check_model_choice(settings)
     console.print(f"pixelmill {__version__}: http://{settings.host}:{settings.port}  (docs at /docs)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+
+
+def _check_model_choice(settings: Settings) -> None:
+    """Fail fast on a mistyped ``--model``: before the server starts, not in its log later."""
+    from pixelmill.engine.models import resolve_source
+    from pixelmill.errors import PixelmillError
+    from pixelmill.registry import ModelRegistry
+
+    if not settings.model:
+        return
+    registry = ModelRegistry(settings.models_dir)
+    registry.refresh()
+    try:
+        resolve_source(settings.model, registry)
+    except PixelmillError as exc:
+        console.print(f"[red]error:[/] --model: {exc.message}")
+        raise typer.Exit(2) from None
 
 
 @app.command("demo-model")

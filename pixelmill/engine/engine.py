@@ -39,12 +39,25 @@ class EngineInfo:
     native_size: tuple[int, int]
 
 
+def _quiet_libraries() -> None:
+    """Keep the server log for pixelmill's own lines: no tqdm bars, no library chatter."""
+    import diffusers
+    import transformers
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 class Engine:
     """Owns the device and the loaded model; runs one generation at a time."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry):
         from pixelmill.engine.device import select_device
 
+        _quiet_libraries()
         self.settings = settings
         self.registry = registry
         self.device = select_device(

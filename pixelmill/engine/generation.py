@@ -106,6 +106,7 @@ def run_pipeline(pipes, request: GenerationRequest, *, on_progress=None, is_canc
 
 def _call(pipe, request: GenerationRequest, width: int, height: int, seeds: list[int], inputs: _ModeInputs,
           on_progress, is_canceled):
+    pipe.set_progress_bar_config(disable=True)  # progress goes to on_progress, not stderr
     return pipe(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt or None,

@@ -69,3 +69,17 @@ def test_invalid_flag_value_is_a_clear_error():
     result = runner.invoke(app, ["--offload", "everything"])
     assert result.exit_code != 0
     assert "offload" in result.output
+
+
+def test_serve_refuses_an_unknown_explicit_model(tmp_path):
+    result = runner.invoke(cli.app, ["serve", "--model", "nope", "--models-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "nope" in result.output
+
+
+def test_readme_test_command_is_what_ci_runs():
+    root = Path(__file__).resolve().parents[2]
+    ci = (root / ".ci" / "run").read_text()
+    readme = (root / "README.md").read_text()
+    command = "scripts/bootstrap.sh --test && .venv/bin/python -m pytest"
+    assert command in ci and command in readme
