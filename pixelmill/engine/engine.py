@@ -116,6 +116,10 @@ class Engine:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         pipe = load_source(source, self.device, local_files_only=offline)
         self._pipes = PipelineSet(pipe, source.name, self.device)
+        if self.device.compile:
+            from pixelmill.engine.device import warmup
+
+            warmup(pipe, *self._pipes.native_size)  # compile now, not on the first request
         self._source = source
         self.demo = source.name == DEMO_MODEL
         log.info("model %s ready on %s (%s)", source.name, self.device.device, self.device.dtype)
