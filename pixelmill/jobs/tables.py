@@ -1,0 +1,290 @@
+"""The job store's tables, and the mapping between a ``jobs`` row and a :class:`JobRecord`.
+
+Timestamps are timezone-aware UTC. PostgreSQL keeps the zone; SQLite stores naive text,
+so every datetime written must already be UTC (the store only writes
+``datetime.now(timezone.utc)`` and values passed through :func:`utc`) and every one read
+is made aware again in :func:`job_record`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pixelmill.domain import GenerationRequest, JobError, JobRecord, WebhookSpec
+from pixelmill.errors import InvalidRequest
+
+UtcDateTime = sa.DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the job store; ``Base.metadata`` is what migrations build."""
+
+
+class Job(Base):
+    """One generation job: request, life cycle, lease, results and cost-ledger facts."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    priority: Mapped[int] = mapped_column(sa.Integer, default=0)
+    request: Mapped[str] = mapped_column(sa.Text)
+    request_hash: Mapped[str] = mapped_column(sa.String(64))
+    batch_id: Mapped[str | None] = mapped_column(sa.String(40), sa.ForeignKey("batches.id"), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
+    api_key_id: Mapped[str | None] = mapped_column(sa.String(64))
+    attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(sa.String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    progress_step: Mapped[int] = mapped_column(sa.Integer, default=0)
+    progress_total: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    result_ids: Mapped[list] = mapped_column(sa.JSON, default=list)
+    result_seeds: Mapped[list] = mapped_column(sa.JSON, default=list)
+    error_code: Mapped[str | None] = mapped_column(sa.String(64))
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+    webhook: Mapped[dict | None] = mapped_column(sa.JSON)
+    webhook_state: Mapped[dict | None] = mapped_column(sa.JSON)
+    # cost ledger
+    model: Mapped[str | None] = mapped_column(sa.String(255))
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    width: Mapped[int | None] = mapped_column(sa.Integer)
+    height: Mapped[int | None] = mapped_column(sa.Integer)
+    steps: Mapped[int] = mapped_column(sa.Integer)
+    sampler: Mapped[str | None] = mapped_column(sa.String(64))
+    images: Mapped[int] = mapped_column(sa.Integer, default=0)
+    gpu_seconds: Mapped[float | None] = mapped_column(sa.Float)
+
+
+# Claim order is (priority desc, created_at, id) among queued jobs: this index answers
+# "the next queued job" and "how many are ahead of me" without a sort.
+sa.Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.created_at, Job.id)
+
+
+class Batch(Base):
+    """A group of jobs submitted together (``POST /v1/batches``)."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    size: Mapped[int] = mapped_column(sa.Integer)
+
+
+class Blob(Base):
+    """Result bytes kept in the database, so every API host can serve every result."""
+
+    __tablename__ = "blobs"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    media_type: Mapped[str] = mapped_column(sa.String(64))
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+jobs = Job.__table__
+batches = Batch.__table__
+blobs = Blob.__table__
+
+
+def new_job_id() -> str:
+    """A fresh unguessable job id (26 characters)."""
+    return "job_" + secrets.token_urlsafe(16)
+
+
+def new_batch_id() -> str:
+    """A fresh unguessable batch id (28 characters)."""
+    return "batch_" + secrets.token_urlsafe(16)
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime; naive values are taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else utc(value)
+
+
+def request_hash(
+    request: GenerationRequest, webhook: WebhookSpec | None, priority: int, api_key_id: str | None
+) -> str:
+    """sha256 of the canonical JSON of everything that makes two submissions "the same".
+
+    The API key is part of it so that one tenant reusing another's Idempotency-Key gets
+    an error instead of the other tenant's job.
+    """
+    body = {
+        "request": request.model_dump(mode="json"),
+        "webhook": webhook.model_dump(mode="json") if webhook else None,
+        "priority": priority,
+        "api_key_id": api_key_id,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_job(
+    request: GenerationRequest, *, created_at: datetime, webhook: WebhookSpec | None, priority: int,
+    api_key_id: str | None, max_attempts: int, batch_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Column values of a new queued job with a fresh id; ledger columns come from the request."""
+    return {
+        "id": new_job_id(), "status": "queued", "request": request.model_dump_json(),
+        "request_hash": request_hash(request, webhook, priority, api_key_id),
+        "webhook": webhook.model_dump(mode="json") if webhook else None,
+        "priority": priority, "api_key_id": api_key_id, "max_attempts": max_attempts,
+        "batch_id": batch_id, "idempotency_key": idempotency_key, "created_at": created_at,
+        "attempt": 0, "cancel_requested": False, "progress_step": 0, "progress_total": 0,
+        "result_ids": [], "result_seeds": [], "images": 0,
+        "model": request.model, "mode": request.mode.value, "width": request.width,
+        "height": request.height, "steps": request.steps,
+    }
+
+
+def job_record(row: Mapping[str, Any]) -> JobRecord:
+    """The domain record for a ``jobs`` row (a result row's ``_mapping``)."""
+    error = None
+    if row["error_code"] is not None:
+        error = JobError(code=row["error_code"], message=row["error_message"] or "")
+    return JobRecord(
+        id=row["id"],
+        status=row["status"],
+        request=GenerationRequest.model_validate_json(row["request"]),
+        priority=row["priority"],
+        batch_id=row["batch_id"],
+        idempotency_key=row["idempotency_key"],
+        api_key_id=row["api_key_id"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        worker=row["worker"],
+        lease_expires_at=utc_or_none(row["lease_expires_at"]),
+        heartbeat_at=utc_or_none(row["heartbeat_at"]),
+        progress_step=row["progress_step"],
+        progress_total=row["progress_total"],
+        created_at=utc(row["created_at"]),
+        started_at=utc_or_none(row["started_at"]),
+        finished_at=utc_or_none(row["finished_at"]),
+        result_ids=row["result_ids"] or [],
+        result_seeds=row["result_seeds"] or [],
+        error=error,
+        webhook=WebhookSpec.model_validate(row["webhook"]) if row["webhook"] else None,
+        webhook_state=row["webhook_state"],
+        model=row["model"],
+        mode=row["mode"],
+        width=row["width"],
+        height=row["height"],
+        steps=row["steps"],
+        sampler=row["sampler"],
+        images=row["images"],
+        gpu_seconds=row["gpu_seconds"],
+    )
+
+
+# ---- clauses and column values shared by the store's statements -------------------------
+
+CLAIM_ORDER = (jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+"""Order in which queued jobs are claimed: higher priority first, then oldest first."""
+
+LEASE_CLEARED = {"worker": None, "lease_expires_at": None, "heartbeat_at": None}
+
+
+def ahead_in_queue(job: sa.Row) -> sa.ColumnElement[bool]:
+    """Rows that come before ``job`` in :data:`CLAIM_ORDER`."""
+    same_priority = jobs.c.priority == job.priority
+    return sa.or_(
+        jobs.c.priority > job.priority,
+        sa.and_(same_priority, jobs.c.created_at < job.created_at),
+        sa.and_(same_priority, jobs.c.created_at == job.created_at, jobs.c.id < job.id),
+    )
+
+
+def after_cursor(cursor: str) -> sa.ColumnElement[bool]:
+    """Rows after the cursor's position in newest-first order."""
+    created_at, job_id = decode_cursor(cursor)
+    return sa.or_(
+        jobs.c.created_at < created_at,
+        sa.and_(jobs.c.created_at == created_at, jobs.c.id < job_id),
+    )
+
+
+def page_query(
+    *, status: str | None, since: datetime | None, batch_id: str | None, cursor: str | None, limit: int
+) -> sa.Select:
+    """Up to ``limit`` jobs after ``cursor``, newest first, filtered by whatever is given."""
+    stmt = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(jobs.c.status == status)
+    if since is not None:
+        stmt = stmt.where(jobs.c.created_at >= utc(since))
+    if batch_id is not None:
+        stmt = stmt.where(jobs.c.batch_id == batch_id)
+    return stmt if cursor is None else stmt.where(after_cursor(cursor))
+
+
+def claimed(worker: str, now: datetime, lease_s: float) -> dict[str, Any]:
+    """Values of a queued job that ``worker`` starts now, leased for ``lease_s`` seconds."""
+    return {"status": "running", "attempt": jobs.c.attempt + 1, "worker": worker, "started_at": now,
+            "lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now,
+            "progress_step": 0, "progress_total": 0}
+
+
+def succeeded(now: datetime, result_ids: list[str], seeds: list[int], **ledger: Any) -> dict[str, Any]:
+    """Values of a job that finished with results (``ledger``: gpu_seconds, sampler, width, height)."""
+    return {"status": "succeeded", "finished_at": now, "lease_expires_at": None,
+            "result_ids": list(result_ids), "result_seeds": list(seeds), "images": len(result_ids),
+            "error_code": None, "error_message": None, **ledger}
+
+
+def requeued(attempt: int | sa.ColumnElement[int]) -> dict[str, Any]:
+    """Values that put a job back in the queue with ``attempt`` attempts counted."""
+    return {"status": "queued", "attempt": attempt, "started_at": None, "progress_step": 0,
+            "progress_total": 0, **LEASE_CLEARED}
+
+
+def canceled(now: datetime) -> dict[str, Any]:
+    """Values of a job that ended canceled: no results, no error."""
+    return {"status": "canceled", "finished_at": now, "lease_expires_at": None, "result_ids": [],
+            "result_seeds": [], "images": 0, "error_code": None, "error_message": None}
+
+
+def failed(now: datetime, code: str, message: str) -> dict[str, Any]:
+    """Values of a job that ended failed with ``code``."""
+    return {"status": "failed", "finished_at": now, "lease_expires_at": None,
+            "error_code": code, "error_message": message}
+
+
+def encode_cursor(created_at: datetime, job_id: str) -> str:
+    """An opaque page cursor: the position just after (created_at, id)."""
+    raw = f"{utc(created_at).isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of :func:`encode_cursor`; :class:`InvalidRequest` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|", 1)
+        return utc(datetime.fromisoformat(stamp)), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidRequest(f"invalid page cursor {cursor!r}", param="cursor") from None
