@@ -1,4 +1,4 @@
-"""The ``pixelmill`` command: serve, generate, demo-model, models.
+"""The ``pixelmill`` command: serve, worker, generate, demo-model, models.
 
 Each command is a thin shell over the layers: ``serve`` builds the app, ``generate``
 calls a server's native API (or an in-process engine), ``demo-model`` writes the
@@ -67,6 +67,22 @@ def _check_model_choice(settings: Settings) -> None:
     except PixelmillError as exc:
         console.print(f"[red]error:[/] --model: {exc.message}")
         raise typer.Exit(2) from None
+
+
+@app.command()
+@with_settings
+def worker(
+    settings: Settings,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Run a worker: claim jobs from --db and generate them (no HTTP server)."""
+    import asyncio
+
+    from pixelmill.worker_cli import run_worker_process
+
+    _configure_logging(log_level)
+    _check_model_choice(settings)
+    asyncio.run(run_worker_process(settings))
 
 
 @app.command("demo-model")

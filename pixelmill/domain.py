@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -141,3 +142,54 @@ class JobResult(BaseModel):
     steps: int
     sampler: str
     gpu_seconds: float = Field(description="Wall time the accelerator spent on this request.")
+
+
+class JobError(BaseModel):
+    """Why a job failed: a stable ``code`` (e.g. ``worker_lost``) and a message for people."""
+
+    code: str
+    message: str
+
+
+class WebhookSpec(BaseModel):
+    """Where to send a job's events, and which ones (``started``, ``progress``, ``completed``)."""
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
+
+class JobRecord(BaseModel):
+    """A job as the durable store keeps it: request, life cycle, lease, results, ledger."""
+
+    id: str
+    status: JobStatus
+    request: GenerationRequest
+    priority: int = 0
+    batch_id: str | None = None
+    idempotency_key: str | None = None
+    api_key_id: str | None = None
+    attempt: int = 0
+    max_attempts: int = 3
+    cancel_requested: bool = False
+    worker: str | None = None
+    lease_expires_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    progress_step: int = 0
+    progress_total: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result_ids: list[str] = Field(default_factory=list)
+    result_seeds: list[int] = Field(default_factory=list)
+    error: JobError | None = None
+    webhook: WebhookSpec | None = None
+    webhook_state: dict | None = Field(None, description="Last delivery attempt per event.")
+    # cost-ledger fields
+    model: str | None = None
+    mode: Mode
+    width: int | None = None
+    height: int | None = None
+    steps: int
+    sampler: str | None = None
+    images: int = 0
+    gpu_seconds: float | None = None

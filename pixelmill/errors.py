@@ -75,3 +75,9 @@ class GenerationCanceled(PixelmillError):
     """A generation was stopped between denoising steps because it was canceled."""
 
     code = "canceled"
+
+
+class WaitTimeout(PixelmillError):
+    """A synchronous call gave up waiting; the job itself goes on and can be followed."""
+
+    code = "timeout"

@@ -92,7 +92,7 @@ def _generate_remote(options: GenerateOptions, server: str, api_key: str | None,
 
 
 def _generate_local(options: GenerateOptions, models_dir: Path | None, console: Console) -> dict:
-    from pixelmill.api.native.protocol import GenerationCreate, GenerationPublic
+    from pixelmill.api.native.protocol import GenerationCreate
     from pixelmill.engine.engine import Engine
     from pixelmill.registry import ModelRegistry
     from pixelmill.settings import load_settings
@@ -107,7 +107,11 @@ def _generate_local(options: GenerateOptions, models_dir: Path | None, console: 
     with _progress_bar(console) as bar:
         task = bar.add_task("generate", total=None)
         result = engine.generate(request, on_progress=lambda step, total: bar.update(task, completed=step, total=total))
-    return GenerationPublic.from_result(result).model_dump()
+    images = [
+        {"b64_json": base64.b64encode(img.data).decode(), "seed": img.seed, "width": img.width, "height": img.height}
+        for img in result.images
+    ]
+    return {"images": images, **result.model_dump(include={"seed", "model", "steps", "sampler"})}
 
 
 def _fail(console: Console, error: dict) -> None:

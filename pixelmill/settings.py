@@ -46,6 +46,34 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".pixelmill")
     """Where the server keeps its state: result files, the demo model when generated."""
 
+    # --- jobs ----------------------------------------------------------------------
+    db: str | None = None
+    """Job store: ``sqlite:///path``, a file path, or ``postgresql://user@host/db`` for several
+    hosts. Default: ``pixelmill.db`` (SQLite) in the data dir."""
+    workers: int = Field(1, ge=0, le=8)
+    """Workers ``serve`` runs in its own process (each loads the model); 0 = API only."""
+    worker_id: str | None = None
+    """Name of this worker in job records. Default: host name and process id."""
+    lease_s: float = Field(30.0, gt=0)
+    """A running job's lease; a worker that stops heartbeating loses its job after this."""
+    heartbeat_s: float = Field(5.0, gt=0)
+    """How often a worker renews its lease and reads cancel requests (< lease_s / 2)."""
+    poll_interval_s: float = Field(0.2, gt=0)
+    """How often an idle worker (or a waiting API call) looks at the store for news."""
+    max_attempts: int = Field(3, ge=1)
+    """Runs of a job before it fails for good (a worker that died counts as a run)."""
+    max_queued: int = Field(1000, ge=1)
+    """Queued jobs at most; beyond it submissions get 429 with Retry-After."""
+    result_store: Literal["auto", "local", "database"] = "auto"
+    """Where result images live: local (a folder in the data dir, one host) or database
+    (any API host can serve them). auto = local with SQLite, database with PostgreSQL."""
+    sync_timeout_s: float = Field(600.0, gt=0)
+    """How long a synchronous call (OpenAI dialect) waits for its job before a 504."""
+    webhook_secret: str | None = None
+    """HMAC key for webhook signatures. Default: a random key kept in the data dir."""
+    webhook_allow_private: bool = False
+    """Allow webhooks to loopback/private addresses (tests, trusted networks only)."""
+
     # --- device ------------------------------------------------------------------
     device: str = "auto"
     """auto | cpu | cuda | cuda:N | mps. auto picks CUDA, then MPS, then CPU."""
@@ -94,7 +122,21 @@ class Settings(BaseSettings):
     def _check_ranges(self) -> "Settings":
         if self.min_side > self.max_side:
             raise ValueError("min_side must not exceed max_side")
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("heartbeat_s must be at most half of lease_s")
         return self
+
+    @property
+    def db_url(self) -> str:
+        """The job store URL (the SQLite default lives in the data dir)."""
+        return self.db or f"sqlite:///{self.data_dir / 'pixelmill.db'}"
+
+    @property
+    def results_in_database(self) -> bool:
+        """Whether result images are kept in the job database instead of a folder."""
+        if self.result_store == "auto":
+            return not self.db_url.startswith("sqlite")
+        return self.result_store == "database"
 
     @property
     def results_dir(self) -> Path:

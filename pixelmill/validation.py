@@ -8,6 +8,7 @@ internal field; dialects translate the name to their own wire parameter.
 from __future__ import annotations
 
 from pixelmill.domain import GenerationRequest, Mode
+from pixelmill.engine.schedulers import canonical_scheduler
 from pixelmill.errors import InvalidRequest
 from pixelmill.settings import Settings
 
@@ -73,6 +74,8 @@ def validate_request(request: GenerationRequest, limits: Settings) -> None:
     if request.output_quality is not None:
         _check_range(request.output_quality, 1, 100, "output_quality")
     _check_images(request)
+    if request.scheduler:
+        canonical_scheduler(request.scheduler)
     if request.mode is not Mode.txt2img and request.strength == 0:
         raise InvalidRequest("strength 0 would return the input unchanged", param="strength")
 

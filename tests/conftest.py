@@ -17,6 +17,8 @@ import pytest  # noqa: E402
 
 from tests.support.server import ServerProcess  # noqa: E402
 
+WEBHOOK_SECRET = "test-webhook-secret"
+
 
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -32,7 +34,10 @@ def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real ``pixelmill serve`` process on loopback serving the demo model."""
     workdir = tmp_path_factory.mktemp("server")
-    proc = ServerProcess(workdir, "--models-dir", str(demo_models), "--model", "demo", "--default-steps", "2")
+    proc = ServerProcess(
+        workdir, "--models-dir", str(demo_models), "--model", "demo", "--default-steps", "2",
+        "--webhook-allow-private", "--webhook-secret", WEBHOOK_SECRET,
+    )
     proc.start()
     yield proc
     proc.stop()

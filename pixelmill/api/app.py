@@ -1,7 +1,9 @@
 """``create_app(settings, services)``: the FastAPI application, built on demand.
 
-The engine starts in the background when the app starts, so ``/health`` answers (503,
-``"status": "loading"``) while the model loads, and 200 once it can generate.
+On start the embedded workers' engines load in the background, so ``/health`` answers
+(503, ``"status": "loading"``) while the model loads, and 200 once it can generate.
+On shutdown (SIGTERM) workers stop claiming, finish or release their running job, and
+pending webhooks get a moment to go out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pixelmill import __version__
 from pixelmill.api import system
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.middleware import RequestContextMiddleware
+from pixelmill.api.native import jobs as native_jobs
 from pixelmill.api.native import router as native
 from pixelmill.api.openai import router as openai
 from pixelmill.services import Services, build_services
@@ -24,15 +27,44 @@ from pixelmill.settings import Settings
 
 log = logging.getLogger("pixelmill.api")
 SWEEP_INTERVAL_S = 60
+SHUTDOWN_GRACE_S = 20.0
+"""How long a running job may take to finish at shutdown before it is released."""
 
 
-async def _sweep_results(services: Services) -> None:
-    """Delete expired result files every minute."""
+async def _maintenance(services: Services) -> None:
+    """Put jobs of dead workers back in the queue; delete expired results."""
+    last_sweep = 0.0
+    interval = max(0.5, services.settings.lease_s / 4)
     while True:
-        await asyncio.sleep(SWEEP_INTERVAL_S)
-        removed = await asyncio.to_thread(services.results.sweep)
-        if removed:
-            log.info("removed %d expired result files", removed)
+        await asyncio.sleep(interval)
+        for job_id in await asyncio.to_thread(services.store.reap_expired):
+            job = await asyncio.to_thread(services.store.get, job_id)
+            log.warning("job %s: its worker stopped responding; now %s", job_id, job.status.value)
+            services.notifier.job_changed(job_id)
+            if job.status.terminal:
+                services.events.completed(job)
+        if asyncio.get_running_loop().time() - last_sweep > SWEEP_INTERVAL_S:
+            last_sweep = asyncio.get_running_loop().time()
+            removed = await asyncio.to_thread(services.results.sweep)
+            if removed:
+                log.info("removed %d expired result files", removed)
+
+
+@contextlib.asynccontextmanager
+async def _running(services: Services) -> AsyncIterator[None]:
+    """Engines, workers and maintenance for the app's lifetime."""
+    for runner in services.runners:
+        runner.start()
+    tasks = [asyncio.create_task(worker.run()) for worker in services.workers]
+    maintenance = asyncio.create_task(_maintenance(services))
+    try:
+        yield
+    finally:
+        maintenance.cancel()
+        await asyncio.gather(*(w.shutdown(t, SHUTDOWN_GRACE_S) for w, t in zip(services.workers, tasks)))
+        await services.events.drain(timeout=5)
+        for runner in services.runners:
+            runner.shutdown()
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
@@ -41,13 +73,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services.runner.start()
-        sweeper = asyncio.create_task(_sweep_results(services))
-        try:
+        async with _running(services):
             yield
-        finally:
-            sweeper.cancel()
-            services.runner.shutdown()
 
     app = FastAPI(
         title="pixelmill",
@@ -65,4 +92,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(system.router)
     app.include_router(openai.router)
     app.include_router(native.router)
+    app.include_router(native_jobs.router)
     return app

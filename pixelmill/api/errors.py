@@ -33,6 +33,7 @@ STATUS_TABLE: list[tuple[type[errors.PixelmillError], int, str]] = [
     (errors.Overloaded, 429, "rate_limit_error"),
     (errors.GenerationCanceled, 409, "invalid_request_error"),
     (errors.ModelUnavailable, 503, "server_error"),
+    (errors.WaitTimeout, 504, "server_error"),
     (errors.GenerationFailed, 500, "server_error"),
     (errors.PixelmillError, 500, "server_error"),
 ]

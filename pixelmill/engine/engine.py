@@ -148,19 +148,10 @@ class Engine:
             raise ModelUnavailable("no model is loaded yet")
         if requested in (None, "", self._source.name) or requested in self.settings.model_aliases:
             return self._source
+        if not self.settings.model and requested in (DEFAULT_HUB_MODEL, DEMO_MODEL):
+            return self._source  # the default model, or the demo it fell back to
         entry = self.registry.resolve(ModelKind.checkpoint, requested, param="model")
         return ModelSource(entry.name, "single_file" if entry.single_file else "folder", str(entry.path))
-
-    def check(self, request: GenerationRequest) -> None:
-        """Raise if ``request`` names a model or scheduler that does not exist.
-
-        Read-only, so the API may call it from its own thread before queueing.
-        """
-        from pixelmill.engine.schedulers import canonical_scheduler
-
-        self.model_for(request.model)
-        if request.scheduler:
-            canonical_scheduler(request.scheduler)
 
     # --------------------------------------------------------------- generation
     def generate(

@@ -10,23 +10,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pixelmill.errors import NotFound
+from pixelmill.jobs.blobs import StoredResult
 
 FILE_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 MEDIA_TYPES = {ext: media for media, ext in EXTENSIONS.items()}
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """A stored result: where it is and what it is."""
-
-    id: str
-    path: Path
-    media_type: str
 
 
 class ResultStore:
@@ -46,13 +37,13 @@ class ResultStore:
         tmp.replace(path)  # atomic: a reader never sees half a file
         return file_id
 
-    def get(self, file_id: str) -> StoredFile:
+    def get(self, file_id: str) -> StoredResult:
         """The stored file ``file_id``; :class:`NotFound` when unknown or expired."""
         if FILE_ID.fullmatch(file_id):
             for path in self.root.glob(f"{file_id}.*"):
                 media_type = MEDIA_TYPES.get(path.suffix[1:])
                 if media_type and not self._expired(path, time.time()):
-                    return StoredFile(file_id, path, media_type)
+                    return StoredResult(file_id, media_type, path=path)
         raise NotFound(f"file {file_id!r} does not exist or has expired", param="file_id")
 
     def _expired(self, path: Path, now: float) -> bool:

@@ -1,43 +1,146 @@
-"""The one entry point every dialect calls to get images made.
+"""The one entry point every dialect calls: validate, commit a job, optionally wait.
 
-``GenerationService.generate`` validates a request against the server's limits, checks
-that its model and scheduler exist, fixes its seed, and only then hands it to the
-engine. A request that fails any check raises before anything runs.
-
-The durable job store (issue #3) slots in here: ``generate`` becomes "commit a job
-row, then wait for it", with the same signature, so the dialects do not change.
+A synchronous call (OpenAI dialect) is a durable job plus a wait, so batching,
+cancellation, crash recovery and the cost ledger apply to every image. A request that
+fails any check raises before anything is stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
 
-from pixelmill.domain import GenerationRequest, JobResult, Progress, resolve_seed
-from pixelmill.engine.runner import CancelToken, EngineRunner
-from pixelmill.settings import Settings
+from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, WebhookSpec, resolve_seed
+from pixelmill.errors import GenerationCanceled, GenerationFailed, WaitTimeout
+from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.store import JobStore
+from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.settings import DEFAULT_HUB_MODEL, DEMO_MODEL, Settings
 from pixelmill.validation import validate_request
 
 
-class GenerationService:
-    """Validate, then run on the engine; the seam where durable jobs attach."""
+class ModelCatalog:
+    """Which model names a request may use, known without loading any model.
 
-    def __init__(self, settings: Settings, runner: EngineRunner):
+    An API host may run no worker at all, so this answers from the settings and the
+    models directory: the default model (and its OpenAI aliases) or a checkpoint name.
+    """
+
+    def __init__(self, settings: Settings, registry: ModelRegistry):
         self.settings = settings
-        self.runner = runner
+        self.registry = registry
 
-    def prepare(self, request: GenerationRequest) -> GenerationRequest:
-        """The request as it will run: checked against limits, model and seed resolved."""
+    def default_names(self) -> set[str]:
+        if self.settings.model:
+            return {self.settings.model}
+        return {DEFAULT_HUB_MODEL, DEMO_MODEL}  # the default may have fallen back to the demo
+
+    def check(self, name: str | None) -> None:
+        """Raise ``NotFound``/``InvalidRequest`` (param ``model``) for a name no worker can serve."""
+        if not name or name in self.settings.model_aliases or name in self.default_names():
+            return
+        self.registry.resolve(ModelKind.checkpoint, name, param="model")
+
+
+class JobService:
+    """Submit, inspect, cancel and wait for jobs; the seam between dialects and workers."""
+
+    def __init__(self, settings: Settings, store: JobStore, catalog: ModelCatalog, notifier: Notifier):
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.notifier = notifier
+
+    def prepare(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> GenerationRequest:
+        """The request as it will run: checked against limits, model known, seed fixed.
+
+        A random seed under an idempotency key is derived from the key, so a retried
+        submission is the same request (same job) rather than a "different body".
+        """
         validate_request(request, self.settings)
-        self.runner.engine.check(request)
+        self.catalog.check(request.model)
+        if request.seed == RANDOM_SEED and idempotency_key is not None:
+            digest = hashlib.sha256(idempotency_key.encode()).digest()
+            return request.model_copy(update={"seed": int.from_bytes(digest[:4], "big")})
         return request.model_copy(update={"seed": resolve_seed(request.seed)})
 
-    async def generate(
+    async def submit(
         self,
         request: GenerationRequest,
         *,
-        on_progress: Callable[[Progress], None] | None = None,
-        cancel: CancelToken | None = None,
-    ) -> JobResult:
-        """Generate the images ``request`` asks for and wait for them."""
-        prepared = self.prepare(request)
-        return await self.runner.generate(prepared, on_progress=on_progress, cancel=cancel)
+        idempotency_key: str | None = None,
+        webhook: WebhookSpec | None = None,
+        priority: int = 0,
+    ) -> tuple[JobRecord, bool]:
+        """Commit a job for ``request``; returns (job, created). Committed before returning."""
+        prepared = self.prepare(request, idempotency_key=idempotency_key)
+        job, created = await asyncio.to_thread(
+            self.store.submit, prepared, idempotency_key=idempotency_key, webhook=webhook,
+            priority=priority, max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
+        )
+        if created:
+            self.notifier.work_available()
+        return job, created
+
+    async def submit_batch(
+        self, requests: list[GenerationRequest], *, webhook: WebhookSpec | None = None, priority: int = 0
+    ) -> tuple[str, list[JobRecord]]:
+        """Commit one job per request, all or nothing."""
+        prepared = [self.prepare(request) for request in requests]
+        batch_id, jobs = await asyncio.to_thread(
+            self.store.submit_batch, prepared, webhook=webhook, priority=priority,
+            max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
+        )
+        self.notifier.work_available()
+        return batch_id, jobs
+
+    async def get(self, job_id: str) -> JobRecord:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def queue_position(self, job_id: str) -> int | None:
+        return await asyncio.to_thread(self.store.queue_position, job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job now, or ask the worker to stop a running one."""
+        job = await asyncio.to_thread(self.store.cancel, job_id)
+        self.notifier.job_changed(job_id)
+        return job
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """Yield the job whenever it may have changed, until it is terminal."""
+        while True:
+            job = await self.get(job_id)
+            yield job
+            if job.status.terminal:
+                return
+            await self.notifier.wait_job(job_id, self.settings.poll_interval_s)
+
+    async def wait(self, job_id: str, *, timeout: float | None = None) -> JobRecord:
+        """The job once terminal; :class:`WaitTimeout` after ``timeout`` (the job goes on)."""
+        deadline = time.monotonic() + (timeout or self.settings.sync_timeout_s)
+        async for job in self.watch(job_id):
+            if job.status.terminal:
+                return job
+            if time.monotonic() > deadline:
+                break
+        raise WaitTimeout(f"job {job_id} did not finish in time; follow it at /v1/jobs/{job_id}")
+
+    async def run(self, request: GenerationRequest, **submit_args) -> JobRecord:
+        """Submit and wait: the synchronous path. Raises the job's error if it did not succeed."""
+        job, _ = await self.submit(request, **submit_args)
+        job = await self.wait(job.id)
+        raise_for_job(job)
+        return job
+
+
+def raise_for_job(job: JobRecord) -> None:
+    """Turn a failed or canceled job into the matching error (for synchronous callers)."""
+    if job.status is JobStatus.succeeded:
+        return
+    if job.status is JobStatus.canceled:
+        raise GenerationCanceled(f"job {job.id} was canceled")
+    error = job.error
+    raise GenerationFailed(error.message if error else "generation failed", code=error.code if error else None)
+

@@ -45,7 +45,7 @@ def test_health_answers_within_50ms_while_generating(server):
 
 
 def test_native_generate_streams_progress_then_result(server):
-    payload = {"prompt": "stream me", "width": 64, "height": 64, "steps": 4, "seed": 3}
+    payload = {"prompt": "stream me", "width": 256, "height": 256, "steps": 40, "seed": 3}
     events = []
     with httpx.stream(
         "POST", f"{server.url}/v1/generate", json=payload,
@@ -61,9 +61,9 @@ def test_native_generate_streams_progress_then_result(server):
     names = [name for name, _ in events]
     assert names[-1] == "result"
     steps = [httpx.Response(200, content=data).json()["step"] for name, data in events if name == "progress"]
-    assert steps == [1, 2, 3, 4]
+    assert len(steps) >= 3 and steps == sorted(set(steps)) and steps[-1] <= 40  # sampled, in order
     result = httpx.Response(200, content=events[-1][1]).json()
-    assert result["seed"] == 3 and decode(result["images"][0]["b64_json"]).size == (64, 64)
+    assert result["seed"] == 3 and decode(result["images"][0]["b64_json"]).size == (256, 256)
 
 
 def test_native_generate_json_and_error(server):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobResult, Mode, OutputFormat
+from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
 from pixelmill.engine.imageio import decode_upload, reencode_png
 from pixelmill.engine.masks import prepare_inpaint
 from pixelmill.errors import InvalidRequest
@@ -75,24 +77,100 @@ class ImagePublic(BaseModel):
 
 
 class GenerationPublic(BaseModel):
-    """Result of ``POST /v1/generate``."""
+    """Result of ``POST /v1/generate``: the images inline, plus the job that made them."""
 
+    job_id: str
     images: list[ImagePublic]
     seed: int
-    model: str
-    width: int
-    height: int
+    model: str | None
+    width: int | None
+    height: int | None
     steps: int
-    sampler: str
-    gpu_seconds: float
+    sampler: str | None
+    gpu_seconds: float | None
 
     @classmethod
-    def from_result(cls, result: JobResult) -> "GenerationPublic":
-        images = [
+    def from_job(cls, job: JobRecord, images: list[bytes]) -> "GenerationPublic":
+        media_type = job.request.output_format.media_type
+        items = [
             ImagePublic(
-                b64_json=base64.b64encode(img.data).decode(), media_type=img.media_type,
-                seed=img.seed, width=img.width, height=img.height,
+                b64_json=base64.b64encode(data).decode(), media_type=media_type,
+                seed=seed, width=job.width or 0, height=job.height or 0,
             )
-            for img in result.images
+            for data, seed in zip(images, job.result_seeds)
         ]
-        return cls(images=images, **result.model_dump(exclude={"images"}))
+        return cls(
+            job_id=job.id, images=items, seed=job.result_seeds[0] if job.result_seeds else job.request.seed,
+            model=job.model, width=job.width, height=job.height, steps=job.steps,
+            sampler=job.sampler, gpu_seconds=job.gpu_seconds,
+        )
+
+
+WebhookEvent = Literal["started", "progress", "completed"]
+
+
+class JobCreate(GenerationCreate):
+    """Body of ``POST /v1/jobs``: a generation plus optional webhook and priority."""
+
+    webhook: str | None = Field(None, description="URL that receives signed job events.")
+    webhook_events: list[WebhookEvent] = Field(["completed"], description="Events to send.")
+    priority: int = Field(0, ge=-10, le=10, description="Higher runs first; ties run oldest first.")
+
+    def webhook_spec(self) -> WebhookSpec | None:
+        if self.webhook is None:
+            return None
+        return WebhookSpec(url=self.webhook, events=tuple(dict.fromkeys(self.webhook_events)))
+
+    def generation(self) -> GenerationCreate:
+        return GenerationCreate(**self.model_dump(exclude={"webhook", "webhook_events", "priority"}))
+
+
+class SeedRange(BaseModel):
+    """``count`` consecutive seeds starting at ``start``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: int = Field(0, ge=0)
+    count: int = Field(1, ge=1, le=1000)
+
+
+class BatchCreate(BaseModel):
+    """Body of ``POST /v1/batches``: a list of requests, or one request × prompts × seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[GenerationCreate] | None = Field(None, max_length=1000)
+    request: GenerationCreate | None = Field(None, description="Template for prompts × seeds.")
+    prompts: list[str] | None = Field(None, max_length=1000)
+    seeds: SeedRange | None = None
+    webhook: str | None = None
+    webhook_events: list[WebhookEvent] = ["completed"]
+    priority: int = Field(0, ge=-10, le=10)
+
+    def expand(self) -> list[GenerationCreate]:
+        """Every generation of the batch, in order (prompt-major, then seed)."""
+        if self.requests is not None:
+            if self.request is not None or self.prompts is not None or self.seeds is not None:
+                raise InvalidRequest("give either requests, or request with prompts/seeds", param="requests")
+            return self.requests
+        if self.request is None:
+            raise InvalidRequest("give requests, or a request with prompts and/or seeds", param="request")
+        prompts = self.prompts or [self.request.prompt]
+        seeds = range(self.seeds.start, self.seeds.start + self.seeds.count) if self.seeds else [self.request.seed]
+        items = [self.request.model_copy(update={"prompt": p, "seed": s}) for p in prompts for s in seeds]
+        if len(items) > 1000:
+            raise InvalidRequest(f"a batch holds at most 1000 jobs, this one {len(items)}", param="seeds")
+        return items
+
+    def webhook_spec(self) -> WebhookSpec | None:
+        return None if self.webhook is None else WebhookSpec(url=self.webhook, events=tuple(self.webhook_events))
+
+
+class BatchPublic(BaseModel):
+    """A batch: its jobs' ids and how many are in each status."""
+
+    id: str
+    object: str = "batch"
+    size: int
+    counts: dict[str, int]
+    job_ids: list[str] | None = None

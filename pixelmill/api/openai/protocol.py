@@ -8,13 +8,14 @@ body (``negative_prompt``, ``seed``, ``steps``, ``guidance``, ``scheduler``, …
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobResult, Mode, OutputFormat
+from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat
 from pixelmill.errors import InvalidRequest
 from pixelmill.settings import Settings
 
@@ -147,20 +148,18 @@ class ImagesResponse(BaseModel):
     output_format: OutputFormat
 
 
-def render_response(result: JobResult, request: GenerationRequest, urls: list[str] | None) -> ImagesResponse:
-    """Build the response from a finished generation (``urls`` when response_format=url)."""
-    import base64
-
+def render_response(job: JobRecord, *, images: list[bytes] | None = None, urls: list[str] | None = None) -> ImagesResponse:
+    """OpenAI's response for a finished job: base64 ``images`` or download ``urls``."""
     data = [
         ImageData(
-            b64_json=None if urls else base64.b64encode(img.data).decode(),
-            url=urls[i] if urls else None,
-            revised_prompt=request.prompt,
-            seed=img.seed,
+            b64_json=base64.b64encode(images[i]).decode() if images is not None else None,
+            url=urls[i] if urls is not None else None,
+            revised_prompt=job.request.prompt,
+            seed=seed,
         )
-        for i, img in enumerate(result.images)
+        for i, seed in enumerate(job.result_seeds)
     ]
     return ImagesResponse(
         created=int(time.time()), data=data,
-        size=f"{result.width}x{result.height}", output_format=request.output_format,
+        size=f"{job.width}x{job.height}", output_format=job.request.output_format,
     )

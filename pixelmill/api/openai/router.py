@@ -28,6 +28,7 @@ from pixelmill.domain import GenerationRequest
 from pixelmill.engine.imageio import reencode_png
 from pixelmill.engine.masks import flatten, prepare_inpaint
 from pixelmill.errors import InvalidRequest, ModelUnavailable
+from pixelmill.jobs.views import file_url
 from pixelmill.registry import ModelKind
 from pixelmill.services import Services
 from pixelmill.validation import fit_size
@@ -47,12 +48,12 @@ def _multipart_body(model: type) -> dict:
 
 
 async def _respond(services: Services, request: GenerationRequest, response_format: str | None, base_url: str) -> ImagesResponse:
+    """Run the request as a job, wait, and answer in OpenAI's shape."""
     with wire_params(PARAM_NAMES):
-        result = await services.generation.generate(request)
-    urls = None
+        job = await services.jobs.run(request)
     if response_format == "url":
-        urls = [f"{base_url}/v1/files/{services.results.put(img.data, img.media_type)}" for img in result.images]
-    return render_response(result, request, urls)
+        return render_response(job, urls=[file_url(base_url, file_id) for file_id in job.result_ids])
+    return render_response(job, images=[await services.read_result(file_id) for file_id in job.result_ids])
 
 
 def _parse_form(model: type, fields: dict):
@@ -117,11 +118,12 @@ async def create_variation(http: Request, services: ServicesDep, base_url: BaseU
 async def list_models(services: ServicesDep) -> dict:
     """Models this server can serve, in OpenAI's list shape."""
     names = [entry.name for entry in services.registry.list(ModelKind.checkpoint)]
-    try:
-        loaded = services.runner.engine.info.model
-        names = [loaded, *(n for n in names if n != loaded)]
-    except ModelUnavailable:  # still loading: list what is on disk
-        pass
+    if services.runner is not None:
+        try:
+            loaded = services.runner.engine.info.model
+            names = [loaded, *(n for n in names if n != loaded)]
+        except ModelUnavailable:  # still loading: list what is on disk
+            pass
     created = int(time.time())
     return {
         "object": "list",

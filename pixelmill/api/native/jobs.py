@@ -1,0 +1,129 @@
+"""Native job routes: ``/v1/jobs`` (submit, inspect, list, cancel, events) and ``/v1/batches``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from pixelmill.api.deps import BaseUrlDep, ServicesDep
+from pixelmill.api.errors import wire_params
+from pixelmill.api.native.events import job_event_stream
+from pixelmill.api.native.protocol import PARAM_NAMES, BatchCreate, BatchPublic, JobCreate
+from pixelmill.domain import JobRecord, JobStatus
+from pixelmill.errors import InvalidRequest
+from pixelmill.jobs.archive import job_entries, zip_stream
+from pixelmill.jobs.views import JobPublic, job_public
+from pixelmill.netguard import check_url
+from pixelmill.services import Services
+
+router = APIRouter(prefix="/v1", tags=["Jobs"])
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+
+
+async def _public(services: Services, job: JobRecord, base_url: str) -> JobPublic:
+    position = await services.jobs.queue_position(job.id) if job.status is JobStatus.queued else None
+    return job_public(job, base_url=base_url, queue_position=position)
+
+
+def _check_webhook(services: Services, url: str | None) -> None:
+    if url is not None:
+        check_url(url, allow_private=services.settings.webhook_allow_private, param="webhook")
+
+
+@router.post("/jobs", status_code=202, response_model=JobPublic)
+async def create_job(
+    body: JobCreate,
+    services: ServicesDep,
+    base_url: BaseUrlDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+):
+    """Queue a generation; answers 202 once the job is committed. Same ``Idempotency-Key`` and body ⇒ same job."""
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise InvalidRequest("Idempotency-Key must be 1-200 printable ASCII characters", param="Idempotency-Key")
+    _check_webhook(services, body.webhook)
+    with wire_params(PARAM_NAMES):
+        request = body.generation().to_request(services.settings)
+        job, created = await services.jobs.submit(
+            request, idempotency_key=idempotency_key, webhook=body.webhook_spec(), priority=body.priority
+        )
+    public = await _public(services, job, base_url)
+    headers = {"Location": f"{base_url}/v1/jobs/{job.id}"}
+    return JSONResponse(public.model_dump(mode="json"), status_code=202 if created else 200, headers=headers)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic)
+async def get_job(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -> JobPublic:
+    """Status, queue position while queued, progress, timings, result URLs, error."""
+    return await _public(services, await services.jobs.get(job_id), base_url)
+
+
+@router.get("/jobs")
+async def list_jobs(
+    services: ServicesDep,
+    base_url: BaseUrlDep,
+    status: JobStatus | None = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> dict:
+    """Jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    jobs, next_cursor = await asyncio.to_thread(
+        services.store.list_jobs, status=status, since=since, limit=limit, cursor=cursor
+    )
+    data = [job_public(job, base_url=base_url).model_dump(mode="json") for job in jobs]
+    return {"object": "list", "data": data, "next_cursor": next_cursor}
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+async def cancel_job(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -> JobPublic:
+    """Cancel: a queued job at once, a running one at its next denoising step."""
+    return await _public(services, await services.jobs.cancel(job_id), base_url)
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -> StreamingResponse:
+    """Server-Sent Events: queued, started, progress, then succeeded, failed or canceled."""
+    await services.jobs.get(job_id)  # 404 before the stream starts
+    return StreamingResponse(
+        job_event_stream(services.jobs, job_id, base_url), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/batches", status_code=202, response_model=BatchPublic)
+async def create_batch(body: BatchCreate, services: ServicesDep) -> BatchPublic:
+    """Queue many jobs at once: a list of requests, or one request × prompts × a seed range."""
+    _check_webhook(services, body.webhook)
+    with wire_params(PARAM_NAMES):
+        requests = [item.to_request(services.settings) for item in body.expand()]
+        batch_id, jobs = await services.jobs.submit_batch(requests, webhook=body.webhook_spec(), priority=body.priority)
+    counts = await asyncio.to_thread(services.store.batch_counts, batch_id)
+    return BatchPublic(id=batch_id, size=len(jobs), counts=counts, job_ids=[job.id for job in jobs])
+
+
+@router.get("/batches/{batch_id}", response_model=BatchPublic)
+async def get_batch(batch_id: str, services: ServicesDep) -> BatchPublic:
+    """How many of the batch's jobs are in each status."""
+    counts = await asyncio.to_thread(services.store.batch_counts, batch_id)
+    return BatchPublic(id=batch_id, size=sum(counts.values()), counts=counts)
+
+
+@router.get("/batches/{batch_id}/archive", response_class=StreamingResponse, responses={200: {"content": {"application/zip": {}}}})
+async def batch_archive(batch_id: str, services: ServicesDep) -> StreamingResponse:
+    """A ZIP of every finished image of the batch plus ``manifest.json``, streamed image by image."""
+    jobs = await asyncio.to_thread(_succeeded_jobs, services, batch_id)
+    return StreamingResponse(
+        zip_stream(job_entries(jobs, services.results), manifest={"batch_id": batch_id}),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{batch_id}.zip"'},
+    )
+
+
+def _succeeded_jobs(services: Services, batch_id: str) -> list[JobRecord]:
+    services.store.batch_counts(batch_id)  # NotFound for an unknown batch, before streaming
+    return [job for job in services.store.batch_jobs(batch_id) if job.status is JobStatus.succeeded]

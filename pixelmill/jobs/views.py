@@ -1,0 +1,73 @@
+"""The public view of a job: what ``GET /v1/jobs/{id}`` returns and webhooks send.
+
+It lives in the jobs layer (not the API) because workers send the same body in
+webhooks; the API uses these models as its response schemas.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from pixelmill.domain import JobError, JobRecord, JobStatus, Mode
+
+
+class ProgressPublic(BaseModel):
+    """Denoising steps done of the total, for a running job."""
+
+    step: int
+    total: int
+
+
+class ResultPublic(BaseModel):
+    """One result image: where to download it and the seed that made it."""
+
+    url: str
+    seed: int
+
+
+class JobPublic(BaseModel):
+    """A job as clients see it."""
+
+    id: str
+    object: str = "job"
+    status: JobStatus
+    batch_id: str | None = None
+    queue_position: int | None = Field(None, description="1 = next to run; only while queued.")
+    progress: ProgressPublic | None = None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    results: list[ResultPublic] = Field(default_factory=list)
+    error: JobError | None = None
+    webhook_state: dict | None = None
+    model: str | None = None
+    mode: Mode
+    width: int | None = None
+    height: int | None = None
+    steps: int
+    images: int = 0
+    gpu_seconds: float | None = None
+
+
+def file_url(base_url: str, file_id: str) -> str:
+    """Download URL of a result file (relative when no base URL is known)."""
+    return f"{base_url.rstrip('/')}/v1/files/{file_id}"
+
+
+def job_public(job: JobRecord, *, base_url: str = "", queue_position: int | None = None) -> JobPublic:
+    """Render ``job`` for clients; result URLs are built on ``base_url``."""
+    progress = None
+    if job.status is JobStatus.running or job.progress_total:
+        progress = ProgressPublic(step=job.progress_step, total=job.progress_total)
+    return JobPublic(
+        id=job.id, status=job.status, batch_id=job.batch_id, queue_position=queue_position,
+        progress=progress, attempt=job.attempt, created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, worker=job.worker,
+        results=[ResultPublic(url=file_url(base_url, fid), seed=seed) for fid, seed in zip(job.result_ids, job.result_seeds)],
+        error=job.error, webhook_state=job.webhook_state, model=job.model, mode=job.mode,
+        width=job.width, height=job.height, steps=job.steps, images=job.images, gpu_seconds=job.gpu_seconds,
+    )
