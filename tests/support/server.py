@@ -61,6 +61,12 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to clean up."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -69,3 +75,53 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class WorkerProcess:
+    """``pixelmill worker`` (or a fake worker module) in a subprocess with its own directory."""
+
+    def __init__(self, workdir: Path, *args: str, module: str | None = None, env: dict[str, str] | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.log_path = workdir / "worker.log"
+        if module:
+            self.command = [sys.executable, "-m", module]
+        else:
+            self.command = [sys.executable, "-m", "pixelmill.cli", "worker", "--data-dir", str(workdir / "data"), *args]
+        self.env = env or subprocess_env()
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 120) -> "WorkerProcess":
+        deadline = time.monotonic() + timeout
+        while "ready" not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker not ready:\n{self.log()}")
+            time.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the worker gets no chance to clean up."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode if self.process else 0

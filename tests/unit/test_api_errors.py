@@ -110,3 +110,19 @@ def test_unknown_route_is_404_envelope(app):
     response = call(app, "GET", "/v1/nothing")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_full_queue_is_429_with_retry_after_and_stores_nothing(tmp_path):
+    settings = Settings(models_dir=tmp_path / "m", data_dir=tmp_path / "d", workers=0, max_queued=3)
+    application = create_app(settings)
+    body = {"prompt": "x", "width": 64, "height": 64}
+    for _ in range(3):
+        assert call(application, "POST", "/v1/jobs", json=body).status_code == 202
+    refused = call(application, "POST", "/v1/jobs", json=body)
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "overloaded"
+    listed = call(application, "GET", "/v1/jobs").json()["data"]
+    assert len(listed) == 3
+    batch = call(application, "POST", "/v1/batches", json={"request": body, "seeds": {"count": 2}})
+    assert batch.status_code == 429

@@ -1,0 +1,1 @@
+"""One-file fake engines, each named after the failure it simulates."""
