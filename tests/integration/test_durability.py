@@ -136,3 +136,29 @@ def test_postgres_fleet_api_host_and_two_workers(demo_models: Path, tmp_path: Pa
         for worker in workers:
             worker.stop()
         api.stop()
+
+
+def test_sigterm_finishes_the_running_job_twice_releases_it(demo_models: Path, tmp_path: Path):
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    api = ServerProcess(tmp_path, "--workers", "0", "--db", db, *FAST_LEASE).start()
+    worker_args = ("--db", db, "--models-dir", str(demo_models), "--model", "demo", *FAST_LEASE)
+    try:
+        graceful = WorkerProcess(tmp_path / "a", *worker_args).start().wait_ready()
+        first = submit(api.url, steps=40, width=256, height=256)
+        wait_running(api.url, first)
+        graceful.process.terminate()  # one SIGTERM: finish the job, then exit
+        assert graceful.process.wait(timeout=60) == 0
+        job = httpx.get(f"{api.url}/v1/jobs/{first}").json()
+        assert (job["status"], job["attempt"]) == ("succeeded", 1)
+
+        impatient = WorkerProcess(tmp_path / "b", *worker_args).start().wait_ready()
+        second = submit(api.url, steps=150, width=256, height=256)
+        wait_running(api.url, second)
+        impatient.process.terminate()
+        time.sleep(0.3)
+        impatient.process.terminate()  # a second SIGTERM: release the job now
+        assert impatient.process.wait(timeout=30) == 0
+        job = httpx.get(f"{api.url}/v1/jobs/{second}").json()
+        assert (job["status"], job["attempt"]) == ("queued", 0)  # a release is not a failed attempt
+    finally:
+        api.stop()
