@@ -17,6 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pixelmill import __version__
+from pixelmill.cli_keys import app as keys_app
+from pixelmill.cli_keys import check_bind_address
+from pixelmill.cli_cost import cost_app
 from pixelmill.cli_settings import with_settings
 from pixelmill.settings import Settings
 
@@ -26,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+app.add_typer(cost_app, name="cost")
+app.add_typer(keys_app, name="keys")
 
 
 def _configure_logging(level: str) -> None:
@@ -48,6 +53,7 @@ def serve(
 
     _configure_logging(log_level)
     _check_model_choice(settings)
+    check_bind_address(settings)
     console.print(f"pixelmill {__version__}: http://{settings.host}:{settings.port}  (docs at /docs)")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
 

@@ -55,7 +55,13 @@ def _settings_parameters() -> list[inspect.Parameter]:
 
 def with_settings(command: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a typer command taking ``settings: Settings`` with one flag per setting."""
-    own = [p for p in inspect.signature(command).parameters.values() if p.name != "settings"]
+    # Resolve string annotations (``from __future__ import annotations`` in the command's
+    # module): typer must see the real ``Annotated[..., typer.Option(...)]`` objects.
+    hints = typing.get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in inspect.signature(command).parameters.values() if p.name != "settings"
+    ]
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:

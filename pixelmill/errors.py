@@ -49,6 +49,12 @@ class Unauthorized(PixelmillError):
     code = "unauthorized"
 
 
+class Forbidden(PixelmillError):
+    """Valid credentials that do not allow this (e.g. an admin route with a generate key)."""
+
+    code = "forbidden"
+
+
 class Overloaded(PixelmillError):
     """The server is at capacity; the caller should retry after ``retry_after`` seconds."""
 

@@ -35,6 +35,14 @@ class Settings(BaseSettings):
     """Base URL clients reach this server at, used in ``url`` responses.
     Default: derived from the request's Host header."""
 
+    # --- security ------------------------------------------------------------------
+    insecure_no_auth: bool = False
+    """Serve without API keys on a non-loopback address. Anyone who can reach the port can
+    generate and read every job: only for a network you fully trust."""
+    cors_origins: list[str] = []
+    """Browser origins allowed to call the API cross-site (CORS), e.g.
+    ``https://app.example.com``. Empty (default): CORS off."""
+
     # --- models ------------------------------------------------------------------
     models_dir: Path = Path("models")
     """Models directory: ``checkpoints/``, ``loras/``, ``controlnets/`` inside."""
@@ -64,6 +72,10 @@ class Settings(BaseSettings):
     """Runs of a job before it fails for good (a worker that died counts as a run)."""
     max_queued: int = Field(1000, ge=1)
     """Queued jobs at most; beyond it submissions get 429 with Retry-After."""
+    max_batch_size: int = Field(4, ge=1, le=64)
+    """Most jobs a worker runs in one pipeline call (same model, size, steps, sampler, …)."""
+    max_batch_wait_ms: float = Field(10.0, ge=0)
+    """How long a worker that has started a batch waits for compatible jobs to join it."""
     result_store: Literal["auto", "local", "database"] = "auto"
     """Where result images live: local (a folder in the data dir, one host) or database
     (any API host can serve them). auto = local with SQLite, database with PostgreSQL."""
@@ -118,6 +130,29 @@ class Settings(BaseSettings):
     max_upload_pixels: int = 16_000_000
     """Largest uploaded image (pixels); larger ones are refused before decoding."""
 
+    # --- cost ------------------------------------------------------------------------
+    cost_gpu_hour: float = Field(1.20, ge=0)
+    """Your GPU's price per hour in dollars (G), for the build-versus-buy comparison.
+    The default is an example: set what you pay."""
+    cost_overhead_month: float = Field(2000.0, ge=0)
+    """Fixed monthly cost of self-hosting in dollars (E): people, storage, monitoring.
+    The default is an example: set yours."""
+    cost_gpu_month: float | None = Field(None, gt=0)
+    """Price of one dedicated GPU per month (M); set it to see the dedicated-fleet step curve."""
+    cost_hours_per_month: float = Field(730.0, gt=0)
+    """Hours a dedicated GPU is rented per month (730 = always on)."""
+    cost_utilisation: float = Field(0.7, gt=0, le=1)
+    """Share of a dedicated GPU's hours doing useful work (target utilisation, 0-1]."""
+    cost_compare_to: str | None = None
+    """Hosted offer (``provider/model``) verdicts and alerts compare with. Default: the cheapest."""
+    cost_config: Path | None = None
+    """Cost file (TOML): hosted prices and ``[self_hosted]`` values; see ``pixelmill cost --help``."""
+    cost_check_interval_s: float = Field(300.0, ge=0)
+    """How often the server checks whether the trailing volume crossed the crossover (0 = never)."""
+    cost_alert_webhook: str | None = None
+    """URL that gets a signed POST when the trailing volume crosses the crossover."""
+    # --- end cost --------------------------------------------------------------------
+
     @model_validator(mode="after")
     def _check_ranges(self) -> "Settings":
         if self.min_side > self.max_side:
@@ -140,7 +175,16 @@ class Settings(BaseSettings):
 
     @property
     def results_dir(self) -> Path:
-        """Folder of generated files served by ``/v1/files``."""
+        """Folder of generated files served by ``/v1/files`` (local result store).
+
+        Next to the SQLite job database: processes that share the database file share
+        this folder too, whatever their data dirs.
+        """
+        url = self.db_url
+        if "://" not in url:
+            return Path(url).parent / "results"
+        if url.startswith("sqlite"):
+            return Path(url.split(":///", 1)[1]).parent / "results"
         return self.data_dir / "results"
 
     @property

@@ -31,6 +31,20 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         pip install "torch==2.13.0" ${PIXELMILL_TORCH_INDEX:+--index-url "$PIXELMILL_TORCH_INDEX"}
     fi
 fi
+if [ -n "$extras" ]; then
+    # The dashboard's browser test drives Debian's Chromium through its chromedriver; nothing is
+    # downloaded at test time. Install them when missing and we can (root with apt); otherwise
+    # that test skips and says why (and fails under CI=true).
+    if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+        if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+            echo "bootstrap: installing chromium and chromium-driver (apt) for the dashboard test"
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+                || echo "bootstrap: warning: could not install chromium; the browser test will skip (fail under CI)" >&2
+        else
+            echo "bootstrap: chromium/chromedriver missing and apt-get unavailable (or not root): the browser test will skip" >&2
+        fi
+    fi
+fi
 pip install -e ".${extras}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 if .venv/bin/python -m pip list 2>/dev/null | grep -qi '^nvidia-' && ! command -v nvidia-smi >/dev/null 2>&1; then

@@ -14,14 +14,20 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from pixelmill import __version__
-from pixelmill.api import system
+from pixelmill.api import keys as api_keys
+from pixelmill.api import openapi as api_openapi
+from pixelmill.api import cost, system
+from pixelmill.api.auth import Authenticator
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.middleware import RequestContextMiddleware
 from pixelmill.api.native import jobs as native_jobs
 from pixelmill.api.native import router as native
 from pixelmill.api.openai import router as openai
+from pixelmill.cost.alerts import watch_crossover
+from pixelmill.auth.store import KeyStore
 from pixelmill.services import Services, build_services
 from pixelmill.settings import Settings
 
@@ -57,10 +63,12 @@ async def _running(services: Services) -> AsyncIterator[None]:
         runner.start()
     tasks = [asyncio.create_task(worker.run()) for worker in services.workers]
     maintenance = asyncio.create_task(_maintenance(services))
+    cost_watch = asyncio.create_task(watch_crossover(services))
     try:
         yield
     finally:
         maintenance.cancel()
+        cost_watch.cancel()
         await asyncio.gather(*(w.shutdown(t, SHUTDOWN_GRACE_S) for w, t in zip(services.workers, tasks)))
         await services.events.drain(timeout=5)
         for runner in services.runners:
@@ -83,14 +91,35 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.auth = Authenticator(settings, KeyStore(services.store.engine))
     install_error_handlers(app)
     app.add_middleware(
         RequestContextMiddleware,
         max_json_bytes=settings.max_json_bytes,
         max_multipart_bytes=settings.max_multipart_bytes,
     )
+    _add_cors(app, settings)
     app.include_router(system.router)
     app.include_router(openai.router)
     app.include_router(native.router)
     app.include_router(native_jobs.router)
+    app.include_router(cost.router)
+    app.include_router(api_keys.router)
+    api_openapi.install(app)
     return app
+
+
+def _add_cors(app: FastAPI, settings: Settings) -> None:
+    """CORS for the configured origins only; off (no CORS headers at all) by default."""
+    if not settings.cors_origins:
+        return
+    # Added last, so it is outermost: preflights are answered before auth or body limits.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        expose_headers=["X-Request-Id", "Retry-After", "Location"],
+        # Bearer keys travel in a header, never in cookies: credentials mode stays off.
+        allow_credentials=False,
+    )

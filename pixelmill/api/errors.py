@@ -30,6 +30,7 @@ STATUS_TABLE: list[tuple[type[errors.PixelmillError], int, str]] = [
     (errors.InvalidRequest, 400, "invalid_request_error"),
     (errors.NotFound, 404, "invalid_request_error"),
     (errors.Unauthorized, 401, "authentication_error"),
+    (errors.Forbidden, 403, "permission_error"),
     (errors.Overloaded, 429, "rate_limit_error"),
     (errors.GenerationCanceled, 409, "invalid_request_error"),
     (errors.ModelUnavailable, 503, "server_error"),
@@ -67,6 +68,8 @@ def error_response(exc: errors.PixelmillError, request_id: str | None) -> JSONRe
     """The JSON response for ``exc``: status from the table, envelope body."""
     status, _ = status_of(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Overloaded) else None
+    if isinstance(exc, errors.Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="pixelmill"'}  # RFC 6750: say how to authenticate
     return JSONResponse(error_body(exc, request_id), status_code=status, headers=headers)
 
 
@@ -108,4 +111,18 @@ def install_error_handlers(app: FastAPI) -> None:
         error = cls(str(exc.detail))
         response = error_response(error, request_id_of(request))
         response.status_code = exc.status_code
+        response.headers.update(exc.headers or {})  # e.g. Allow on 405, as RFC 9110 requires
+        if exc.status_code == 405:
+            response.headers["Allow"] = _allowed_methods(request)
         return response
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path supports: Starlette's 405 names only the first matching route's."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))

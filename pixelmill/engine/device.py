@@ -136,9 +136,25 @@ def prepare_pipeline(pipe: Any, cfg: DeviceConfig) -> Any:
     if cfg.is_cuda and cfg.offload == "none":
         # NHWC convolutions use tensor cores better on CUDA; no benefit on CPU/MPS.
         pipe.unet.to(memory_format=torch.channels_last)
+        _fuse_qkv(pipe)
     if cfg.compile:
         _compile_unet(pipe, cfg)
     return pipe
+
+
+def _fuse_qkv(pipe: Any) -> None:
+    """One matmul instead of three per attention block (CUDA: fewer, larger kernels).
+
+    Skipped where the installed diffusers does not offer it. Adapters (LoRA) must be
+    loaded on unfused projections: whoever loads one calls ``unfuse_qkv_projections``.
+    """
+    fuse = getattr(pipe, "fuse_qkv_projections", None)
+    if fuse is None:
+        return
+    try:
+        fuse()
+    except Exception as exc:  # an architecture diffusers cannot fuse: run unfused
+        log.warning("could not fuse QKV projections: %s", exc)
 
 
 def apply_placement(pipe: Any, cfg: DeviceConfig) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pixelmill import __version__
 from pixelmill.domain import GeneratedImage, GenerationRequest, JobResult, Mode
-from pixelmill.engine.generation import run_pipeline
+from pixelmill.engine.generation import run_batch
 from pixelmill.engine.imageio import a1111_parameters, encode_image
 from pixelmill.engine.models import ModelSource, load_source, resolve_source
 from pixelmill.errors import GenerationFailed, ModelUnavailable, PixelmillError
@@ -162,23 +162,39 @@ class Engine:
         is_canceled: CancelCheck | None = None,
     ) -> JobResult:
         """Generate ``request.n`` images; raises ``GenerationCanceled`` if canceled."""
-        self._load(self.model_for(request.model))
+        return self.generate_batch([request], on_progress=on_progress, is_canceled=is_canceled)[0]
+
+    def generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        *,
+        on_progress: ProgressCallback | None = None,
+        is_canceled: CancelCheck | None = None,
+    ) -> list[JobResult]:
+        """Generate compatible requests (equal batch keys) in one pipeline call.
+
+        Each result's ``gpu_seconds`` is its share of the call's wall time, by images.
+        """
+        self._load(self.model_for(requests[0].model))
         assert self._pipes is not None and self._source is not None
         started = time.perf_counter()
         try:
-            output = run_pipeline(self._pipes, request, on_progress=on_progress, is_canceled=is_canceled)
+            outputs = run_batch(self._pipes, requests, on_progress=on_progress, is_canceled=is_canceled)
         except PixelmillError:
             raise
         except Exception as exc:  # a diffusers/torch failure is a server fault, not the caller's
             log.exception("generation failed")
             raise self._as_failure(exc) from exc
-        gpu_seconds = time.perf_counter() - started
-        images = [self._encode(request, output.sampler, img, seed) for img, seed in zip(output.images, output.seeds)]
-        return JobResult(
-            images=images, seed=output.seeds[0], model=self._source.name,
-            width=output.width, height=output.height, steps=request.steps, sampler=output.sampler,
-            gpu_seconds=gpu_seconds,
-        )
+        elapsed = time.perf_counter() - started
+        total_images = sum(r.n for r in requests)
+        return [
+            JobResult(
+                images=[self._encode(request, output.sampler, img, seed) for img, seed in zip(output.images, output.seeds)],
+                seed=output.seeds[0], model=self._source.name, width=output.width, height=output.height,
+                steps=request.steps, sampler=output.sampler, gpu_seconds=elapsed * request.n / total_images,
+            )
+            for request, output in zip(requests, outputs)
+        ]
 
     @staticmethod
     def _as_failure(exc: Exception) -> PixelmillError:

@@ -86,38 +86,61 @@ def _mode_inputs(request: GenerationRequest, width: int, height: int) -> _ModeIn
     return _ModeInputs(kwargs, original=image, mask=mask)
 
 
-def run_pipeline(pipes, request: GenerationRequest, *, on_progress=None, is_canceled=None) -> PipelineOutput:
-    """Run the pipeline for ``request`` on the loaded :class:`PipelineSet`."""
-    width, height = target_size(request, pipes.native_size)
-    seed = resolve_seed(request.seed)
-    seeds = [(seed + i) % SEED_SPACE for i in range(request.n)]
-    pipe = pipes.get(request.mode)
-    inputs = _mode_inputs(request, width, height)
-    with use_scheduler(pipe, request.scheduler):
-        result = _call(pipe, request, width, height, seeds, inputs, on_progress, is_canceled)
+def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_canceled=None) -> list[PipelineOutput]:
+    """Run compatible ``requests`` (same :func:`pixelmill.batching.batch_key`) in one pipeline call.
+
+    Every image gets its own prompt, negative prompt and seeded generator, so an image is
+    the same whether it was made alone or in a batch. Returns one output per request.
+    """
+    head = requests[0]
+    width, height = target_size(head, pipes.native_size)
+    seeds = [[(resolve_seed(r.seed) + i) % SEED_SPACE for i in range(r.n)] for r in requests]
+    inputs = [_mode_inputs(r, width, height) for r in requests]
+    pipe = pipes.get(head.mode)
+    with use_scheduler(pipe, head.scheduler):
+        result = _call(pipe, requests, width, height, seeds, inputs, on_progress, is_canceled)
     arrays = np.asarray(result.images)
     nan_guard(arrays)
-    images = pipe.image_processor.numpy_to_pil(arrays)
-    if inputs.original is not None:
-        images = [paste_back(inputs.original, img, inputs.mask, blur=request.mask_blur) for img in images]
-    label = sampler_label(request.scheduler, pipes.scheduler_config)
-    return PipelineOutput(images, seeds, label, width, height)
+    images = iter(pipe.image_processor.numpy_to_pil(arrays))
+    label = sampler_label(head.scheduler, pipes.scheduler_config)
+    outputs = []
+    for request, request_seeds, request_inputs in zip(requests, seeds, inputs):
+        mine = [next(images) for _ in request_seeds]
+        if request_inputs.original is not None:
+            mine = [paste_back(request_inputs.original, img, request_inputs.mask, blur=request.mask_blur) for img in mine]
+        outputs.append(PipelineOutput(mine, request_seeds, label, width, height))
+    return outputs
 
 
-def _call(pipe, request: GenerationRequest, width: int, height: int, seeds: list[int], inputs: _ModeInputs,
-          on_progress, is_canceled):
+def _per_image(values: list, seeds: list[list[int]]) -> list:
+    """Repeat each request's value once per image it asks for."""
+    return [value for value, request_seeds in zip(values, seeds) for _ in request_seeds]
+
+
+def _call(pipe, requests: list[GenerationRequest], width: int, height: int, seeds: list[list[int]],
+          inputs: list[_ModeInputs], on_progress, is_canceled):
+    head = requests[0]
+    kwargs: dict[str, Any] = {}
+    for name in ("image", "mask_image"):
+        if name in inputs[0].kwargs:
+            kwargs[name] = _per_image([i.kwargs[name] for i in inputs], seeds)
+    if head.mode is not Mode.txt2img:
+        kwargs["strength"] = head.strength
+    # SDXL encodes "no negative prompt" as zeros, not as the empty string; requests in a
+    # batch agree on whether they have one (batch key), so None keeps that behaviour.
+    negatives = _per_image([r.negative_prompt for r in requests], seeds) if head.negative_prompt else None
     pipe.set_progress_bar_config(disable=True)  # progress goes to on_progress, not stderr
     return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt or None,
+        prompt=_per_image([r.prompt for r in requests], seeds),
+        negative_prompt=negatives,
         width=width,
         height=height,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        num_images_per_prompt=request.n,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-        clip_skip=request.clip_skip,
+        num_inference_steps=head.steps,
+        guidance_scale=head.guidance,
+        num_images_per_prompt=1,
+        generator=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
+        clip_skip=head.clip_skip,
         output_type="np",
         callback_on_step_end=_step_callback(on_progress, is_canceled),
-        **inputs.kwargs,
+        **kwargs,
     )

@@ -88,6 +88,17 @@ class EngineRunner:
         cancel: CancelToken | None = None,
     ) -> JobResult:
         """Run ``request`` on the engine thread; cancels the generation if the caller is."""
+        results = await self.generate_batch([request], on_progress=on_progress, cancel=cancel)
+        return results[0]
+
+    async def generate_batch(
+        self,
+        requests: list[GenerationRequest],
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[JobResult]:
+        """Run compatible ``requests`` as one pipeline call on the engine thread."""
         loop = asyncio.get_running_loop()
         token = cancel or CancelToken()
 
@@ -95,18 +106,18 @@ class EngineRunner:
             if on_progress is not None:
                 loop.call_soon_threadsafe(on_progress, Progress(step=step, total=total))
 
-        future = self._executor.submit(self._run, request, report, token)
+        future = self._executor.submit(self._run, requests, report, token)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            token.cancel()  # the waiter went away (client disconnected): stop at the next step
+            token.cancel()  # the waiter went away: stop at the next step
             raise
 
-    def _run(self, request: GenerationRequest, report, token: CancelToken) -> JobResult:
+    def _run(self, requests: list[GenerationRequest], report, token: CancelToken) -> list[JobResult]:
         engine = self.engine
         self.busy = True
         try:
-            return engine.generate(request, on_progress=report, is_canceled=lambda: token.canceled)
+            return engine.generate_batch(requests, on_progress=report, is_canceled=lambda: token.canceled)
         finally:
             self.busy = False
 

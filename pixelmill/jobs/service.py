@@ -73,25 +73,34 @@ class JobService:
         idempotency_key: str | None = None,
         webhook: WebhookSpec | None = None,
         priority: int = 0,
+        api_key_id: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Commit a job for ``request``; returns (job, created). Committed before returning."""
+        """Commit a job for ``request``; returns (job, created). Committed before returning.
+
+        ``api_key_id`` is recorded on the job (the ledger's "who"); ``max_active`` caps that
+        key's queued+running jobs (429 beyond it).
+        """
         prepared = self.prepare(request, idempotency_key=idempotency_key)
         job, created = await asyncio.to_thread(
             self.store.submit, prepared, idempotency_key=idempotency_key, webhook=webhook,
             priority=priority, max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
+            api_key_id=api_key_id, max_active=max_active,
         )
         if created:
             self.notifier.work_available()
         return job, created
 
     async def submit_batch(
-        self, requests: list[GenerationRequest], *, webhook: WebhookSpec | None = None, priority: int = 0
+        self, requests: list[GenerationRequest], *, webhook: WebhookSpec | None = None, priority: int = 0,
+        api_key_id: str | None = None, max_active: int | None = None,
     ) -> tuple[str, list[JobRecord]]:
-        """Commit one job per request, all or nothing."""
+        """Commit one job per request, all or nothing (``api_key_id``/``max_active`` as in submit)."""
         prepared = [self.prepare(request) for request in requests]
         batch_id, jobs = await asyncio.to_thread(
             self.store.submit_batch, prepared, webhook=webhook, priority=priority,
             max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
+            api_key_id=api_key_id, max_active=max_active,
         )
         self.notifier.work_available()
         return batch_id, jobs

@@ -73,34 +73,38 @@ class JobStore:
     def submit(
         self, request: GenerationRequest, *, idempotency_key: str | None = None, batch_id: str | None = None,
         webhook: WebhookSpec | None = None, priority: int = 0, api_key_id: str | None = None,
-        max_attempts: int = 3, max_queued: int | None = None,
+        max_attempts: int = 3, max_queued: int | None = None, max_active: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Queue one job; returns ``(job, created)``.
 
         A repeated ``idempotency_key`` with the same body returns the first job
         (``created=False``), with a different body raises :class:`InvalidRequest`. With
         ``max_queued`` set and that many jobs queued, raises :class:`Overloaded` and
-        stores nothing. ``batch_id`` adds the job to an existing batch.
+        stores nothing. ``batch_id`` adds the job to an existing batch. ``max_active``
+        bounds the queued+running jobs of ``api_key_id`` the same way.
         """
         row = t.new_job(
             request, created_at=_now(), webhook=webhook, priority=priority, api_key_id=api_key_id,
             max_attempts=max_attempts, batch_id=batch_id, idempotency_key=idempotency_key,
         )
         try:
-            return self._submit_once(row, max_queued)
+            return self._submit_once(row, max_queued, max_active)
         except sa.exc.IntegrityError:
             if idempotency_key is None:
                 raise
         # Lost a race for the same key (PostgreSQL): the winner's row is committed now.
-        return self._submit_once(row, max_queued)
+        return self._submit_once(row, max_queued, max_active)
 
-    def _submit_once(self, row: dict[str, Any], max_queued: int | None) -> tuple[JobRecord, bool]:
+    def _submit_once(
+        self, row: dict[str, Any], max_queued: int | None, max_active: int | None
+    ) -> tuple[JobRecord, bool]:
         with write_transaction(self.engine) as conn:
             if row["idempotency_key"] is not None:
                 existing = self._by_idempotency_key(conn, row["idempotency_key"], row["request_hash"])
                 if existing is not None:
                     return existing, False
             self._check_capacity(conn, 1, max_queued)
+            self._check_key_capacity(conn, row["api_key_id"], 1, max_active)
             if row["batch_id"] is not None:
                 self._grow_batch(conn, row["batch_id"])
             return t.job_record(conn.execute(sa.insert(jobs).returning(*jobs.c), [row]).one()._mapping), True
@@ -124,6 +128,20 @@ class JobStore:
             message = f"the queue is full ({queued} jobs queued, limit {max_queued}); retry later"
             raise Overloaded(message, retry_after=self.overload_retry_after_s)
 
+    def _check_key_capacity(
+        self, conn: sa.Connection, key_id: str | None, adding: int, limit: int | None
+    ) -> None:
+        """Overloaded when the key would have more than ``limit`` queued+running jobs."""
+        if limit is None or key_id is None:
+            return
+        # Inside the submit transaction (and the PostgreSQL queue lock): two submits never both see room.
+        mine = (jobs.c.api_key_id == key_id, jobs.c.status.in_((QUEUED, RUNNING)))
+        active = sa.select(sa.func.count()).where(*mine)
+        count = conn.execute(active).scalar_one()
+        if count + adding > limit:
+            message = f"this API key has {count} jobs queued or running (limit {limit}); retry later"
+            raise Overloaded(message, retry_after=self.overload_retry_after_s)
+
     def _grow_batch(self, conn: sa.Connection, batch_id: str) -> None:
         stmt = sa.update(batches).where(batches.c.id == batch_id).values(size=batches.c.size + 1)
         if conn.execute(stmt).rowcount == 0:
@@ -132,6 +150,7 @@ class JobStore:
     def submit_batch(
         self, requests: list[GenerationRequest], *, webhook: WebhookSpec | None = None, priority: int = 0,
         api_key_id: str | None = None, max_attempts: int = 3, max_queued: int | None = None,
+        max_active: int | None = None,
     ) -> tuple[str, list[JobRecord]]:
         """Queue all ``requests`` as one batch in one transaction (all or nothing)."""
         if not requests:
@@ -145,6 +164,7 @@ class JobStore:
         ]
         with write_transaction(self.engine) as conn:
             self._check_capacity(conn, len(rows), max_queued)
+            self._check_key_capacity(conn, api_key_id, len(rows), max_active)
             conn.execute(sa.insert(batches), [{"id": batch_id, "created_at": now, "size": len(rows)}])
             inserted = conn.execute(sa.insert(jobs).returning(*jobs.c), rows).all()
         by_id = {row.id: t.job_record(row._mapping) for row in inserted}
@@ -166,14 +186,16 @@ class JobStore:
 
     def list_jobs(
         self, *, status: JobStatus | None = None, since: datetime | None = None, batch_id: str | None = None,
-        limit: int = 50, cursor: str | None = None,
+        limit: int = 50, cursor: str | None = None, api_key_id: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """One page of jobs, newest first, and the cursor of the next page (None at the end)."""
+        """One page of jobs (only ``api_key_id``'s if given), newest first, and the next page's cursor."""
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}", param="limit")
         status = None if status is None else JobStatus(status).value
         # One row more than asked: whether it exists says if there is a next page.
         stmt = t.page_query(status=status, since=since, batch_id=batch_id, cursor=cursor, limit=limit + 1)
+        if api_key_id is not None:
+            stmt = stmt.where(jobs.c.api_key_id == api_key_id)
         with read_transaction(self.engine) as conn:
             records = [t.job_record(row._mapping) for row in conn.execute(stmt)]
         if len(records) <= limit:
@@ -233,12 +255,33 @@ class JobStore:
             picked = conn.execute(first).all()
             if picked and batching and limit > 1:
                 picked += self._compatible(conn, queued, picked[0], limit - 1, batch_key, compatible_with)
-            if not picked:
-                return []
-            stmt = sa.update(jobs).where(jobs.c.id.in_([row.id for row in picked]), jobs.c.status == QUEUED)
-            stmt = stmt.values(t.claimed(worker, _now(), lease_s)).returning(*jobs.c)
-            claimed = {row.id: t.job_record(row._mapping) for row in conn.execute(stmt)}
-        return [claimed[row.id] for row in picked if row.id in claimed]
+            return self._start(conn, [row.id for row in picked], worker, lease_s)
+
+    def claim_matching(self, worker: str, *, lease_s: float, limit: int, batch_key: BatchKey, key: Hashable) -> list[JobRecord]:
+        """Take up to ``limit`` queued jobs whose ``batch_key`` is ``key``: company for a batch.
+
+        Used while a worker waits a few milliseconds to fill a batch it has started; the
+        oldest queued job of another key is left for the next claim (it is then the head).
+        """
+        if lease_s <= 0 or limit < 1:
+            raise ValueError("claim_matching needs lease_s > 0 and limit >= 1")
+        queued = sa.select(jobs.c.id, jobs.c.request).where(jobs.c.status == QUEUED).order_by(*t.CLAIM_ORDER)
+        with write_transaction(self.engine) as conn:
+            window = conn.execute(queued.limit(CLAIM_SCAN_WINDOW)).all()
+            chosen = [row.id for row in window if batch_key(GenerationRequest.model_validate_json(row.request)) == key]
+            locked = sa.select(jobs.c.id).where(jobs.c.id.in_(chosen[:limit]), jobs.c.status == QUEUED)
+            ids = {row.id for row in conn.execute(locked.with_for_update(skip_locked=True))}
+            return self._start(conn, [job_id for job_id in chosen if job_id in ids], worker, lease_s)
+
+    @staticmethod
+    def _start(conn: sa.Connection, ids: list[str], worker: str, lease_s: float) -> list[JobRecord]:
+        """Mark the (locked, queued) jobs ``ids`` running under ``worker``; claim order kept."""
+        if not ids:
+            return []
+        stmt = sa.update(jobs).where(jobs.c.id.in_(ids), jobs.c.status == QUEUED)
+        stmt = stmt.values(t.claimed(worker, _now(), lease_s)).returning(*jobs.c)
+        claimed = {row.id: t.job_record(row._mapping) for row in conn.execute(stmt)}
+        return [claimed[job_id] for job_id in ids if job_id in claimed]
 
     def _compatible(self, conn: sa.Connection, queued: sa.Select, head: sa.Row, wanted: int,
                     batch_key: BatchKey | None, compatible_with: Compatible | None) -> list[sa.Row]:

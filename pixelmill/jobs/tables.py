@@ -98,9 +98,26 @@ class Blob(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
+class ApiKeyRow(Base):
+    """An API key: only the SHA-256 of the token is stored, plus a non-secret display prefix."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(255), index=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    scope: Mapped[str] = mapped_column(sa.String(16))
+    rate: Mapped[str | None] = mapped_column(sa.String(32))
+    max_running: Mapped[int | None] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
 jobs = Job.__table__
 batches = Batch.__table__
 blobs = Blob.__table__
+api_keys = ApiKeyRow.__table__
 
 
 def new_job_id() -> str:

@@ -1,4 +1,11 @@
-"""The worker loop: claim a job, run it on the engine, store its results, repeat.
+"""The worker loop: claim a batch of jobs, run it on the engine, store results, repeat.
+
+A batch is the oldest queued job plus up to ``max_batch_size - 1`` queued jobs with
+the same batch key (see :mod:`pixelmill.batching`), waiting at most
+``max_batch_wait_ms`` for company. One pipeline call makes every image; each job's
+ledger gets its share of the call's time. A job canceled while its batch runs is not
+interrupted (the others still want their images): the batch finishes and that job's
+images are discarded. The batch stops early only when all of its jobs are canceled.
 
 A worker holds a lease on its running job and renews it while the engine works
 (every progress write, at least every ``heartbeat_s``). If the worker dies, the lease
@@ -17,6 +24,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from pixelmill.batching import batch_key
 from pixelmill.domain import JobRecord, JobResult, Progress
 from pixelmill.engine.runner import CancelToken, EngineRunner, EngineState
 from pixelmill.errors import GenerationCanceled, GenerationFailed, PixelmillError
@@ -40,14 +48,25 @@ def default_worker_id() -> str:
 
 @dataclass
 class _Run:
-    """What the heartbeat and the engine callbacks share while one job runs."""
+    """One job of a running batch: what its heartbeats learned."""
 
     job: JobRecord
+    cancel_requested: bool = False
+    lease_lost: bool = False
+
+    @property
+    def active(self) -> bool:
+        return not (self.cancel_requested or self.lease_lost)
+
+
+@dataclass
+class _Batch:
+    """Jobs sharing one pipeline call, and what the heartbeat and the engine share."""
+
+    runs: list[_Run]
     token: CancelToken = field(default_factory=CancelToken)
     progress: tuple[int, int] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    cancel_requested: bool = False
-    lease_lost: bool = False
 
     def on_progress(self, progress: Progress) -> None:
         self.progress = (progress.step, progress.total)
@@ -75,7 +94,7 @@ class Worker:
         self.events = events
         self.id = worker_id or settings.worker_id or default_worker_id()
         self._stop = asyncio.Event()
-        self._current: _Run | None = None
+        self._current: _Batch | None = None
         self._last_reap = 0.0
 
     # ------------------------------------------------------------------ loop
@@ -86,12 +105,25 @@ class Worker:
         log.info("worker %s: ready", self.id)
         while not self._stop.is_set():
             await self._reap_if_due()
-            jobs = await asyncio.to_thread(self.store.claim, self.id, lease_s=self.settings.lease_s)
+            jobs = await self._claim_batch()
             if jobs:
-                await self._execute(jobs[0])
+                await self._execute(jobs)
             else:
                 await self._idle()
         log.info("worker %s: stopped", self.id)
+
+    async def _claim_batch(self) -> list[JobRecord]:
+        """The oldest queued job plus compatible company, waiting briefly for more to arrive."""
+        size, lease = self.settings.max_batch_size, self.settings.lease_s
+        jobs = await asyncio.to_thread(self.store.claim, self.id, lease_s=lease, limit=size, batch_key=batch_key)
+        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        while jobs and len(jobs) < size and (left := deadline - time.monotonic()) > 0:
+            await self.notifier.wait_work(left)
+            jobs += await asyncio.to_thread(
+                self.store.claim_matching, self.id, lease_s=lease, limit=size - len(jobs),
+                batch_key=batch_key, key=batch_key(jobs[0].request),
+            )
+        return jobs
 
     async def _engine_ready(self) -> bool:
         while self.runner.state is EngineState.loading and not self._stop.is_set():
@@ -139,89 +171,103 @@ class Worker:
             self.abort()
             await task
 
-    # --------------------------------------------------------------- one job
-    async def _execute(self, job: JobRecord) -> None:
-        run = _Run(job)
-        self._current = run
-        self.notifier.job_changed(job.id)
-        self.events.started(job)
-        heartbeat = asyncio.create_task(self._heartbeat(run))
+    # ------------------------------------------------------------- one batch
+    async def _execute(self, jobs: list[JobRecord]) -> None:
+        batch = _Batch([_Run(job) for job in jobs])
+        self._current = batch
+        for job in jobs:
+            self.notifier.job_changed(job.id)
+            self.events.started(job)
+        heartbeat = asyncio.create_task(self._heartbeat(batch))
         try:
-            outcome = await self._generate(run)
+            await self._generate(batch)
         finally:
             heartbeat.cancel()
             self._current = None
-        if outcome is not None:
-            final = await asyncio.to_thread(self.store.get, job.id)
-            self.notifier.job_changed(job.id)
+        for run in batch.runs:
+            if run.lease_lost:
+                continue  # another attempt owns the job now
+            final = await asyncio.to_thread(self.store.get, run.job.id)
+            self.notifier.job_changed(run.job.id)
             if final.status.terminal:
                 self.events.completed(final)
 
-    async def _generate(self, run: _Run) -> str | None:
-        job = run.job
+    async def _generate(self, batch: _Batch) -> None:
+        requests = [run.job.request for run in batch.runs]
         try:
-            result = await self.runner.generate(job.request, on_progress=run.on_progress, cancel=run.token)
+            results = await self.runner.generate_batch(requests, on_progress=batch.on_progress, cancel=batch.token)
         except GenerationCanceled:
-            return await self._interrupted(run)
+            await asyncio.gather(*(self._interrupted(run) for run in batch.runs))
+            return
         except PixelmillError as exc:
             retry = isinstance(exc, GenerationFailed) and exc.code in RETRYABLE_CODES
-            log.warning("job %s failed (attempt %d): %s", job.id, job.attempt, exc.message)
-            return await self._guarded("fail", run, code=exc.code, message=exc.message, retry=retry)
-        return await self._store_result(run, result)
+            log.warning("jobs %s failed: %s", [r.job.id for r in batch.runs], exc.message)
+            await asyncio.gather(*(
+                self._guarded("fail", run, code=exc.code, message=exc.message, retry=retry) for run in batch.runs
+            ))
+            return
+        for run, result in zip(batch.runs, results):
+            if run.cancel_requested:
+                # The batch finished for the others; a job canceled meanwhile discards its images.
+                await self._guarded("mark_canceled", run)
+            elif not run.lease_lost:
+                await self._store_result(run, result)
 
-    async def _interrupted(self, run: _Run) -> str | None:
+    async def _interrupted(self, run: _Run) -> None:
         if run.lease_lost:
-            return None  # another attempt owns the job now; write nothing
+            return  # another attempt owns the job now; write nothing
         if run.cancel_requested:
-            return await self._guarded("mark_canceled", run)
-        log.info("job %s: released back to the queue (worker stopping)", run.job.id)
-        return await self._guarded("release", run)
+            await self._guarded("mark_canceled", run)
+        else:
+            log.info("job %s: released back to the queue (worker stopping)", run.job.id)
+            await self._guarded("release", run)
 
-    async def _store_result(self, run: _Run, result: JobResult) -> str | None:
+    async def _store_result(self, run: _Run, result: JobResult) -> None:
         put = self.results.put
         ids = [await asyncio.to_thread(put, image.data, image.media_type) for image in result.images]
-        return await self._guarded(
+        await self._guarded(
             "complete", run, result_ids=ids, seeds=[image.seed for image in result.images],
             gpu_seconds=result.gpu_seconds, sampler=result.sampler, width=result.width, height=result.height,
             model=result.model,
         )
 
-    async def _guarded(self, method: str, run: _Run, **kwargs) -> str | None:
-        """Call a (job, worker, attempt)-guarded store method; None when the attempt was stale."""
+    async def _guarded(self, method: str, run: _Run, **kwargs) -> bool:
+        """Call a (job, worker, attempt)-guarded store method; False when the attempt was stale."""
         job = run.job
         applied = await asyncio.to_thread(getattr(self.store, method), job.id, self.id, job.attempt, **kwargs)
         if not applied:
             log.warning("job %s: attempt %d is stale; its %s was discarded", job.id, job.attempt, method)
-            return None
-        return method
+        return applied
 
-    async def _heartbeat(self, run: _Run) -> None:
-        job = run.job
+    async def _heartbeat(self, batch: _Batch) -> None:
         while True:
             try:
-                await asyncio.wait_for(run.changed.wait(), self.settings.heartbeat_s)
+                await asyncio.wait_for(batch.changed.wait(), self.settings.heartbeat_s)
             except TimeoutError:
                 pass
-            run.changed.clear()
-            try:
-                cancel = await asyncio.to_thread(
-                    self.store.heartbeat, job.id, self.id, job.attempt,
-                    lease_s=self.settings.lease_s, progress=run.progress,
-                )
-            except LeaseLost:
-                log.warning("job %s: lease lost (attempt %d); stopping it", job.id, job.attempt)
-                run.lease_lost = True
-                run.token.cancel()
-                return
-            except Exception:  # the store is unreachable: keep working, the lease may still hold
-                log.exception("job %s: heartbeat failed", job.id)
-                await asyncio.sleep(PROGRESS_WRITE_INTERVAL_S)
-                continue
-            if cancel and not run.cancel_requested:
-                run.cancel_requested = True
-                run.token.cancel()
-            self.notifier.job_changed(job.id)
-            if run.progress:
-                self.events.progress(job, *run.progress)
+            batch.changed.clear()
+            for run in batch.runs:
+                if not run.lease_lost:
+                    await self._beat(run, batch.progress)
+            if not any(run.active for run in batch.runs):
+                batch.token.cancel()  # every job of the batch is canceled or lost: stop now
             await asyncio.sleep(PROGRESS_WRITE_INTERVAL_S)
 
+    async def _beat(self, run: _Run, progress: tuple[int, int] | None) -> None:
+        """Renew one job's lease, store its progress, and learn whether it was canceled."""
+        job = run.job
+        try:
+            cancel = await asyncio.to_thread(
+                self.store.heartbeat, job.id, self.id, job.attempt, lease_s=self.settings.lease_s, progress=progress
+            )
+        except LeaseLost:
+            log.warning("job %s: lease lost (attempt %d)", job.id, job.attempt)
+            run.lease_lost = True
+            return
+        except Exception:  # the store is unreachable: keep working, the lease may still hold
+            log.exception("job %s: heartbeat failed", job.id)
+            return
+        run.cancel_requested = run.cancel_requested or cancel
+        self.notifier.job_changed(job.id)
+        if progress:
+            self.events.progress(job, *progress)

@@ -15,7 +15,7 @@ from pixelmill.services import build_services
 from pixelmill.settings import load_settings
 
 
-def _crash(request, report, token):
+def _crash(requests, report, token):
     os._exit(137)  # what SIGKILL looks like to the parent: no cleanup, no goodbye
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.images import decode, gradient, png_bytes
+from tests.support.images import assert_same_image, decode, gradient, png_bytes
 
 
 def post_generation(server, **body) -> httpx.Response:
@@ -125,7 +125,7 @@ def test_random_seed_is_returned_and_reproduces(server):
 def test_image_i_equals_single_image_with_seed_plus_i(server):
     both = post_generation(server, n=2, seed=7, steps=2).json()["data"]
     second = post_generation(server, n=1, seed=8, steps=2).json()["data"][0]
-    assert decode(both[1]["b64_json"]).tobytes() == decode(second["b64_json"]).tobytes()
+    assert_same_image(decode(both[1]["b64_json"]), decode(second["b64_json"]))
 
 
 def test_outpaint_with_an_image_smaller_than_size(server):

@@ -40,3 +40,17 @@ def alpha_mask(width: int, height: int, box: tuple[int, int, int, int]) -> Image
     left, top, right, bottom = box
     mask[top:bottom, left:right, 3] = 0
     return Image.fromarray(mask, "RGBA")
+
+
+BATCH_TOLERANCE = 2
+"""Largest per-channel difference (of 255) allowed between an image made in a batch and
+the same image made alone. On CPU the matrix kernels block differently for different
+batch sizes, so the float results differ in the last bits and a handful of 8-bit pixels
+round the other way (measured: at most 1). Same batch size ⇒ bit-identical."""
+
+
+def assert_same_image(a: Image.Image, b: Image.Image, tolerance: int = BATCH_TOLERANCE) -> None:
+    """Same image up to batch-size rounding: max difference ≤ tolerance, mean tiny."""
+    diff = np.abs(pixels(a) - pixels(b))
+    assert diff.max() <= tolerance, f"max pixel difference {diff.max()}"
+    assert diff.mean() < 0.05, f"mean pixel difference {diff.mean():.3f}"

@@ -7,27 +7,47 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from pixelmill.api.auth import PrincipalDep, SubmitterDep, current_principal
 from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import wire_params
 from pixelmill.api.native.events import job_event_stream
 from pixelmill.api.native.protocol import PARAM_NAMES, BatchCreate, BatchPublic, JobCreate
+from pixelmill.auth.keys import Principal
 from pixelmill.domain import JobRecord, JobStatus
-from pixelmill.errors import InvalidRequest
+from pixelmill.errors import InvalidRequest, NotFound
 from pixelmill.jobs.archive import job_entries, zip_stream
 from pixelmill.jobs.views import JobPublic, job_public
 from pixelmill.netguard import check_url
 from pixelmill.services import Services
 
-router = APIRouter(prefix="/v1", tags=["Jobs"])
+router = APIRouter(prefix="/v1", tags=["Jobs"], dependencies=[Depends(current_principal)])
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 async def _public(services: Services, job: JobRecord, base_url: str) -> JobPublic:
     position = await services.jobs.queue_position(job.id) if job.status is JobStatus.queued else None
     return job_public(job, base_url=base_url, queue_position=position)
+
+
+async def _owned_job(services: Services, who: Principal, job_id: str) -> JobRecord:
+    """The job, if ``who`` may see it; another key's job is "not found", like a missing one."""
+    job = await services.jobs.get(job_id)
+    if not who.owns(job.api_key_id):
+        raise NotFound(f"job {job_id!r} does not exist", param="job_id")
+    return job
+
+
+async def _check_batch_owner(services: Services, who: Principal, batch_id: str) -> None:
+    """NotFound unless ``who`` may see the batch (all of a batch's jobs share one key)."""
+    if who.is_admin:
+        return
+    list_jobs = services.store.list_jobs
+    mine, _ = await asyncio.to_thread(list_jobs, batch_id=batch_id, limit=1, api_key_id=who.key_id)
+    if not mine:
+        raise NotFound(f"batch {batch_id!r} does not exist", param="batch_id")
 
 
 def _check_webhook(services: Services, url: str | None) -> None:
@@ -40,6 +60,7 @@ async def create_job(
     body: JobCreate,
     services: ServicesDep,
     base_url: BaseUrlDep,
+    who: SubmitterDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ):
     """Queue a generation; answers 202 once the job is committed. Same ``Idempotency-Key`` and body ⇒ same job."""
@@ -49,7 +70,8 @@ async def create_job(
     with wire_params(PARAM_NAMES):
         request = body.generation().to_request(services.settings)
         job, created = await services.jobs.submit(
-            request, idempotency_key=idempotency_key, webhook=body.webhook_spec(), priority=body.priority
+            request, idempotency_key=idempotency_key, webhook=body.webhook_spec(), priority=body.priority,
+            **who.submit_args(),
         )
     public = await _public(services, job, base_url)
     headers = {"Location": f"{base_url}/v1/jobs/{job.id}"}
@@ -57,38 +79,45 @@ async def create_job(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -> JobPublic:
+async def get_job(job_id: str, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep) -> JobPublic:
     """Status, queue position while queued, progress, timings, result URLs, error."""
-    return await _public(services, await services.jobs.get(job_id), base_url)
+    return await _public(services, await _owned_job(services, who, job_id), base_url)
 
 
 @router.get("/jobs")
 async def list_jobs(
     services: ServicesDep,
     base_url: BaseUrlDep,
+    who: PrincipalDep,
     status: JobStatus | None = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> dict:
-    """Jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    """Your jobs (an admin key: every job), newest first; pass ``next_cursor`` back as ``cursor``."""
     jobs, next_cursor = await asyncio.to_thread(
-        services.store.list_jobs, status=status, since=since, limit=limit, cursor=cursor
+        services.store.list_jobs, status=status, since=since, limit=limit, cursor=cursor,
+        api_key_id=who.list_filter,
     )
     data = [job_public(job, base_url=base_url).model_dump(mode="json") for job in jobs]
     return {"object": "list", "data": data, "next_cursor": next_cursor}
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
-async def cancel_job(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -> JobPublic:
+async def cancel_job(
+    job_id: str, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
+) -> JobPublic:
     """Cancel: a queued job at once, a running one at its next denoising step."""
+    await _owned_job(services, who, job_id)
     return await _public(services, await services.jobs.cancel(job_id), base_url)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -> StreamingResponse:
+async def job_events(
+    job_id: str, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
+) -> StreamingResponse:
     """Server-Sent Events: queued, started, progress, then succeeded, failed or canceled."""
-    await services.jobs.get(job_id)  # 404 before the stream starts
+    await _owned_job(services, who, job_id)  # 404 before the stream starts
     return StreamingResponse(
         job_event_stream(services.jobs, job_id, base_url), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -96,26 +125,30 @@ async def job_events(job_id: str, services: ServicesDep, base_url: BaseUrlDep) -
 
 
 @router.post("/batches", status_code=202, response_model=BatchPublic)
-async def create_batch(body: BatchCreate, services: ServicesDep) -> BatchPublic:
+async def create_batch(body: BatchCreate, services: ServicesDep, who: SubmitterDep) -> BatchPublic:
     """Queue many jobs at once: a list of requests, or one request × prompts × a seed range."""
     _check_webhook(services, body.webhook)
     with wire_params(PARAM_NAMES):
         requests = [item.to_request(services.settings) for item in body.expand()]
-        batch_id, jobs = await services.jobs.submit_batch(requests, webhook=body.webhook_spec(), priority=body.priority)
+        batch_id, jobs = await services.jobs.submit_batch(
+            requests, webhook=body.webhook_spec(), priority=body.priority, **who.submit_args()
+        )
     counts = await asyncio.to_thread(services.store.batch_counts, batch_id)
     return BatchPublic(id=batch_id, size=len(jobs), counts=counts, job_ids=[job.id for job in jobs])
 
 
 @router.get("/batches/{batch_id}", response_model=BatchPublic)
-async def get_batch(batch_id: str, services: ServicesDep) -> BatchPublic:
+async def get_batch(batch_id: str, services: ServicesDep, who: PrincipalDep) -> BatchPublic:
     """How many of the batch's jobs are in each status."""
+    await _check_batch_owner(services, who, batch_id)
     counts = await asyncio.to_thread(services.store.batch_counts, batch_id)
     return BatchPublic(id=batch_id, size=sum(counts.values()), counts=counts)
 
 
 @router.get("/batches/{batch_id}/archive", response_class=StreamingResponse, responses={200: {"content": {"application/zip": {}}}})
-async def batch_archive(batch_id: str, services: ServicesDep) -> StreamingResponse:
+async def batch_archive(batch_id: str, services: ServicesDep, who: PrincipalDep) -> StreamingResponse:
     """A ZIP of every finished image of the batch plus ``manifest.json``, streamed image by image."""
+    await _check_batch_owner(services, who, batch_id)
     jobs = await asyncio.to_thread(_succeeded_jobs, services, batch_id)
     return StreamingResponse(
         zip_stream(job_entries(jobs, services.results), manifest={"batch_id": batch_id}),

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from pixelmill.api.auth import SubmitterDep, current_principal
 from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import error_body, request_id_of, wire_params
 from pixelmill.api.native.events import job_events, sse
@@ -21,7 +22,7 @@ from pixelmill.errors import PixelmillError
 from pixelmill.jobs.service import raise_for_job
 from pixelmill.services import Services
 
-router = APIRouter(prefix="/v1", tags=["Native"])
+router = APIRouter(prefix="/v1", tags=["Native"], dependencies=[Depends(current_principal)])
 
 
 async def _public(services: Services, job: JobRecord) -> GenerationPublic:
@@ -42,15 +43,17 @@ async def _stream(services: Services, job: JobRecord, base_url: str, request_id:
 
 
 @router.post("/generate", response_model=GenerationPublic, responses={200: {"content": {"text/event-stream": {}}}})
-async def generate(body: GenerationCreate, http: Request, services: ServicesDep, base_url: BaseUrlDep):
+async def generate(
+    body: GenerationCreate, http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+):
     """Generate with every engine parameter and wait; ``Accept: text/event-stream`` streams progress."""
     with wire_params(PARAM_NAMES):
         request = body.to_request(services.settings)
         if "text/event-stream" in http.headers.get("accept", ""):
-            job, _ = await services.jobs.submit(request)
+            job, _ = await services.jobs.submit(request, **who.submit_args())
             return StreamingResponse(
                 _stream(services, job, base_url, request_id_of(http)), media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        job = await services.jobs.run(request)
+        job = await services.jobs.run(request, **who.submit_args())
     return await _public(services, job)

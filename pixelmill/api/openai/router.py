@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
+from pixelmill.api.auth import SubmitterDep, current_principal
 from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import wire_params
 from pixelmill.api.openai.protocol import (
@@ -24,6 +25,7 @@ from pixelmill.api.openai.protocol import (
     render_response,
 )
 from pixelmill.api.uploads import form_fields, read_image
+from pixelmill.auth.keys import Principal
 from pixelmill.domain import GenerationRequest
 from pixelmill.engine.imageio import reencode_png
 from pixelmill.engine.masks import flatten, prepare_inpaint
@@ -33,7 +35,7 @@ from pixelmill.registry import ModelKind
 from pixelmill.services import Services
 from pixelmill.validation import fit_size
 
-router = APIRouter(prefix="/v1", tags=["OpenAI Images"])
+router = APIRouter(prefix="/v1", tags=["OpenAI Images"], dependencies=[Depends(current_principal)])
 
 
 def _multipart_body(model: type) -> dict:
@@ -47,10 +49,12 @@ def _multipart_body(model: type) -> dict:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-async def _respond(services: Services, request: GenerationRequest, response_format: str | None, base_url: str) -> ImagesResponse:
-    """Run the request as a job, wait, and answer in OpenAI's shape."""
+async def _respond(
+    services: Services, request: GenerationRequest, response_format: str | None, base_url: str, who: Principal
+) -> ImagesResponse:
+    """Run the request as ``who``'s job, wait, and answer in OpenAI's shape."""
     with wire_params(PARAM_NAMES):
-        job = await services.jobs.run(request)
+        job = await services.jobs.run(request, **who.submit_args())
     if response_format == "url":
         return render_response(job, urls=[file_url(base_url, file_id) for file_id in job.result_ids])
     return render_response(job, images=[await services.read_result(file_id) for file_id in job.result_ids])
@@ -73,18 +77,22 @@ def _size_for(form, image_size: tuple[int, int], services: Services) -> tuple[in
 
 
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
-async def create_image(body: ImageGenerationCreate, services: ServicesDep, base_url: BaseUrlDep) -> ImagesResponse:
+async def create_image(
+    body: ImageGenerationCreate, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+) -> ImagesResponse:
     """Generate images from a prompt (OpenAI ``images.generate``)."""
     with wire_params(PARAM_NAMES):
         request = body.to_request(services.settings)
-    return await _respond(services, request, body.response_format, base_url)
+    return await _respond(services, request, body.response_format, base_url, who)
 
 
 @router.post(
     "/images/edits", response_model=ImagesResponse, response_model_exclude_none=True,
     openapi_extra=_multipart_body(ImageEditForm),
 )
-async def edit_image(http: Request, services: ServicesDep, base_url: BaseUrlDep) -> ImagesResponse:
+async def edit_image(
+    http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+) -> ImagesResponse:
     """Repaint the masked area of an image (OpenAI ``images.edit``: alpha 0 = edit)."""
     form = await http.form()
     body = _parse_form(ImageEditForm, form_fields(form))
@@ -95,14 +103,16 @@ async def edit_image(http: Request, services: ServicesDep, base_url: BaseUrlDep)
         request = body.to_request(
             services.settings, reencode_png(image), reencode_png(mask), _size_for(body, image.size, services)
         )
-    return await _respond(services, request, body.response_format, base_url)
+    return await _respond(services, request, body.response_format, base_url, who)
 
 
 @router.post(
     "/images/variations", response_model=ImagesResponse, response_model_exclude_none=True,
     openapi_extra=_multipart_body(ImageVariationForm),
 )
-async def create_variation(http: Request, services: ServicesDep, base_url: BaseUrlDep) -> ImagesResponse:
+async def create_variation(
+    http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+) -> ImagesResponse:
     """Variations of an image (OpenAI ``images.create_variation``), made with img2img."""
     form = await http.form()
     body = _parse_form(ImageVariationForm, form_fields(form))
@@ -111,7 +121,7 @@ async def create_variation(http: Request, services: ServicesDep, base_url: BaseU
         request = body.to_request(
             services.settings, reencode_png(flatten(image)), _size_for(body, image.size, services)
         )
-    return await _respond(services, request, body.response_format, base_url)
+    return await _respond(services, request, body.response_format, base_url, who)
 
 
 @router.get("/models")

@@ -20,19 +20,6 @@ from pixelmill.engine.loader import load_folder
 from pixelmill.engine.pipelines import PipelineSet
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models")
-    write_demo_models(path, "tiny")
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipes(models_dir):
-    cfg = select_device("cpu")
-    return PipelineSet(load_folder(models_dir / "checkpoints" / "demo", cfg), "demo", cfg)
-
-
 def _run(pipe, seed=7, **kwargs):
     return pipe("a small house", num_inference_steps=2, width=64, height=64, output_type="np",
                 generator=torch.Generator().manual_seed(seed), **kwargs).images

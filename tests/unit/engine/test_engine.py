@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -17,7 +18,7 @@ from pixelmill.engine.runner import CancelToken, EngineRunner  # noqa: E402
 from pixelmill.errors import GenerationCanceled  # noqa: E402
 from pixelmill.registry import ModelRegistry  # noqa: E402
 from pixelmill.settings import Settings  # noqa: E402
-from tests.support.images import decode, gradient, pixels  # noqa: E402
+from tests.support.images import assert_same_image, decode, gradient, pixels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +110,31 @@ def test_runner_cancel_token(settings):
     with pytest.raises(GenerationCanceled):
         asyncio.run(canceled())
     runner.shutdown()
+
+
+def test_a_batch_makes_the_same_images_as_separate_calls(engine):
+    requests = [
+        request(prompt="a red cube", seed=11, n=2),
+        request(prompt="a blue ball", seed=3, negative_prompt=""),
+        request(prompt="a green cone", seed=4000000000),
+    ]
+    batched = engine.generate_batch(requests)
+    for req, result in zip(requests, batched):
+        alone = engine.generate(req)
+        assert [img.seed for img in result.images] == [img.seed for img in alone.images]
+        for a, b in zip(result.images, alone.images):
+            assert_same_image(decode(a.data), decode(b.data))
+
+
+def test_batch_gpu_seconds_are_shared_by_images(engine):
+    started = time.perf_counter()
+    results = engine.generate_batch([request(n=3, seed=1), request(n=1, seed=2)])
+    wall = time.perf_counter() - started
+    assert results[0].gpu_seconds == pytest.approx(3 * results[1].gpu_seconds)
+    assert sum(r.gpu_seconds for r in results) <= wall
+
+
+def test_batch_with_negative_prompts_matches_alone(engine):
+    requests = [request(negative_prompt="dog", seed=5), request(negative_prompt="cat, blurry", seed=6, prompt="b")]
+    for req, result in zip(requests, engine.generate_batch(requests)):
+        assert_same_image(decode(result.images[0].data), decode(engine.generate(req).images[0].data))

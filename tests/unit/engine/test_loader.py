@@ -20,18 +20,6 @@ from pixelmill.errors import ModelUnavailable
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models")
-    write_demo_models(path, "tiny")
-    return path
-
-
-@pytest.fixture(scope="module")
-def cpu():
-    return select_device("cpu")
-
-
-@pytest.fixture(scope="module")
 def folder_pipe(models_dir, cpu):
     return loader.load_folder(models_dir / "checkpoints" / "demo", cpu)
 

@@ -26,19 +26,6 @@ from pixelmill.errors import GenerationFailed, InvalidRequest, ModelUnavailable
 SHARED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models")
-    write_demo_models(path, "tiny")
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipes(models_dir):
-    cfg = select_device("cpu")
-    return PipelineSet(load_folder(models_dir / "checkpoints" / "demo", cfg), "demo", cfg)
-
-
 def _run(pipe, **kwargs):
     kwargs.setdefault("num_inference_steps", 2)
     return pipe("a boat", width=64, height=64, output_type="np",

@@ -1,0 +1,48 @@
+"""Which requests may share one pipeline call: the batch key.
+
+Two requests with equal keys run as one batch in the worker; each image still gets its
+own prompt, negative prompt and seed, so a batched image equals the image made alone.
+Everything that shapes the denoising call for all samples at once is in the key.
+No framework imports: the job store calls this while claiming.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Hashable
+
+from PIL import Image
+
+from pixelmill.domain import GenerationRequest, Mode
+from pixelmill.engine.schedulers import canonical_scheduler
+
+
+def _size(request: GenerationRequest) -> tuple[int | None, int | None]:
+    """The size the request will run at, as far as it can be known without a model."""
+    if request.width is not None or request.init_image is None:
+        return request.width, request.height
+    with Image.open(io.BytesIO(request.init_image)) as image:  # header only: cheap
+        return image.width - image.width % 8, image.height - image.height % 8
+
+
+def batch_key(request: GenerationRequest) -> Hashable:
+    """Requests with equal keys can run in one pipeline call.
+
+    ControlNet requests (a control image per request) never share a call: they get a
+    key of their own.
+    """
+    if request.controlnets:
+        return ("solo", secrets.token_hex(8))
+    return (
+        request.model,
+        request.mode.value,
+        _size(request),
+        request.steps,
+        canonical_scheduler(request.scheduler) if request.scheduler else None,
+        request.guidance,
+        request.clip_skip,
+        request.strength if request.mode is not Mode.txt2img else None,
+        bool(request.negative_prompt),
+        tuple(sorted((lora.name, lora.weight) for lora in request.loras)),
+    )

@@ -1,0 +1,49 @@
+"""The batch key: what may share a pipeline call, and what may not."""
+
+from __future__ import annotations
+
+import pytest
+
+from pixelmill.batching import batch_key
+from pixelmill.domain import ControlSpec, GenerationRequest, LoraSpec, Mode
+from pixelmill.engine.imageio import reencode_png
+from tests.support.images import gradient
+
+
+def request(**fields) -> GenerationRequest:
+    return GenerationRequest(**({"prompt": "a", "width": 64, "height": 64, "steps": 2, "seed": 1} | fields))
+
+
+def test_prompts_seeds_n_and_formats_do_not_split_a_batch():
+    base = batch_key(request())
+    assert batch_key(request(prompt="something else", seed=99, n=3, output_format="webp", mask_blur=9)) == base
+    assert batch_key(request(negative_prompt="x")) == batch_key(request(negative_prompt="y"))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "other"}, {"width": 128, "height": 64}, {"steps": 3}, {"guidance": 6.0},
+        {"scheduler": "euler_a"}, {"clip_skip": 2}, {"negative_prompt": "blurry"},
+        {"loras": (LoraSpec(name="style", weight=0.5),)},
+        {"mode": Mode.img2img, "init_image": reencode_png(gradient(64, 64))},
+    ],
+)
+def test_anything_shaping_the_call_splits_a_batch(change):
+    assert batch_key(request(**change)) != batch_key(request())
+
+
+def test_sampler_aliases_batch_together():
+    assert batch_key(request(scheduler="DPM++ 2M Karras")) == batch_key(request(scheduler="dpmpp_2m_karras"))
+
+
+def test_img2img_size_from_the_image_counts():
+    small = request(mode=Mode.img2img, init_image=reencode_png(gradient(64, 64)), width=None, height=None)
+    large = request(mode=Mode.img2img, init_image=reencode_png(gradient(128, 64)), width=None, height=None)
+    assert batch_key(small) != batch_key(large)
+    assert batch_key(small)[2] == (64, 64)
+
+
+def test_controlnet_requests_run_alone():
+    control = (ControlSpec(name="demo-canny", image=b"png"),)
+    assert batch_key(request(controlnets=control)) != batch_key(request(controlnets=control))
