@@ -41,3 +41,17 @@ def server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory):
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def keyed(demo_models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A server with a generate key and an admin key created before it started."""
+    from tests.support.keys import create_key
+
+    workdir = tmp_path_factory.mktemp("keyed")
+    data = workdir / "data"
+    keys = {"user": create_key(data, "team-a"), "admin": create_key(data, "root", "--scope", "admin")}
+    proc = ServerProcess(workdir, "--models-dir", str(demo_models), "--model", "demo", "--default-steps", "2")
+    proc.start()
+    yield proc, keys
+    proc.stop()

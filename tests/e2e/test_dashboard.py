@@ -104,3 +104,20 @@ def test_price_slider_moves_n_star_to_the_python_value(server, browser):
     rate_at_1 = moved["rate"] * model.rate(1) / model.rate(moved["refSteps"])
     expected = crossover_volume(moved["price"], moved["gpuHour"], rate_at_1, moved["overhead"])
     assert moved["steps"] == 1 and float(moved["nstar"]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_with_api_keys_the_dashboard_asks_for_an_admin_key(keyed, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, keys = keyed
+    summary = httpx.get(f"{server.url}/v1/cost/summary", headers={"Authorization": f"Bearer {keys['admin']}"}).json()
+    browser.get(f"{server.url}/dashboard")
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+    form = browser.find_element(By.ID, "key-form")
+    assert form.is_displayed()
+    assert "admin API key is needed" in browser.find_element(By.ID, "source").text
+    browser.find_element(By.ID, "api-key").send_keys(keys["admin"])
+    form.submit()
+    WebDriverWait(browser, 10).until(lambda d: not d.find_element(By.ID, "key-form").is_displayed())
+    assert _page_numbers(browser)["volume"] == summary["trailing_volume"]

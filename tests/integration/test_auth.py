@@ -7,41 +7,16 @@ their own server after creating keys with ``pixelmill keys create``, as an opera
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.support.server import ServerProcess, subprocess_env
+from tests.support.keys import create_key, pixelmill
 
 OPEN_ROUTES = {"/health", "/v1/files/{file_id}", "/dashboard"}
 """Routes that answer without a key (the docs pages too); everything else needs one."""
-
-
-def pixelmill(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pixelmill.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
-
-
-def create_key(data_dir: Path, name: str, *options: str) -> str:
-    done = pixelmill("keys", "create", "--name", name, "--data-dir", str(data_dir), *options)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def keyed(demo_models: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A server with a generate key and an admin key created before it started."""
-    workdir = tmp_path_factory.mktemp("keyed")
-    data = workdir / "data"
-    keys = {"user": create_key(data, "team-a"), "admin": create_key(data, "root", "--scope", "admin")}
-    proc = ServerProcess(workdir, "--models-dir", str(demo_models), "--model", "demo", "--default-steps", "2")
-    proc.start()
-    yield proc, keys
-    proc.stop()
 
 
 def _concrete(path: str) -> str:

@@ -69,6 +69,13 @@ def _parse_form(model: type, fields: dict):
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
 
 
+async def _read_form(http: Request, model: type, services: Services):
+    """The multipart form, its fields parsed as ``model``, and the decoded ``image`` upload."""
+    form = await http.form()
+    body = _parse_form(model, form_fields(form))
+    return form, body, await read_image(form, "image", services.settings)
+
+
 def _size_for(form, image_size: tuple[int, int], services: Services) -> tuple[int, int]:
     width, height = parse_size(form.size)
     if width is None or height is None:
@@ -94,9 +101,7 @@ async def edit_image(
     http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
 ) -> ImagesResponse:
     """Repaint the masked area of an image (OpenAI ``images.edit``: alpha 0 = edit)."""
-    form = await http.form()
-    body = _parse_form(ImageEditForm, form_fields(form))
-    upload = await read_image(form, "image", services.settings)
+    form, body, upload = await _read_form(http, ImageEditForm, services)
     mask_upload = await read_image(form, "mask", services.settings, required=False)
     image, mask = prepare_inpaint(upload, mask_upload, mask_mode=body.mask_mode)
     with wire_params(PARAM_NAMES):
@@ -114,9 +119,7 @@ async def create_variation(
     http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
 ) -> ImagesResponse:
     """Variations of an image (OpenAI ``images.create_variation``), made with img2img."""
-    form = await http.form()
-    body = _parse_form(ImageVariationForm, form_fields(form))
-    image = await read_image(form, "image", services.settings)
+    _, body, image = await _read_form(http, ImageVariationForm, services)
     with wire_params(PARAM_NAMES):
         request = body.to_request(
             services.settings, reencode_png(flatten(image)), _size_for(body, image.size, services)

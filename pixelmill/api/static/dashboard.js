@@ -165,16 +165,35 @@ function applySummary(s) {
     `hosted prices from ${s.prices_source}.`;
 }
 
-async function start() {
-  for (const id of ["price", "gpu-hour", "rate", "overhead", "steps", "volume"]) $(id).addEventListener("input", update);
+const KEY_STORAGE = "pixelmill-api-key";  // sessionStorage: gone when the tab closes
+
+async function loadSummary() {
+  const headers = { Accept: "application/json" };
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) headers.Authorization = `Bearer ${key}`;
   try {
-    const response = await fetch("/v1/cost/summary", { headers: { Accept: "application/json" } });
+    const response = await fetch("/v1/cost/summary", { headers });
+    if (response.status === 401 || response.status === 403) {
+      $("key-form").hidden = false;  // a server with API keys: the ledger is for admins
+      throw new Error(key ? "that key may not read the ledger" : "an admin API key is needed");
+    }
     if (!response.ok) throw new Error(`/v1/cost/summary answered ${response.status}`);
     applySummary(await response.json());
+    $("key-form").hidden = true;
   } catch (error) {
     $("source").textContent = `could not load this server's numbers (${error.message}); showing examples.`;
   }
   update();
+}
+
+async function start() {
+  for (const id of ["price", "gpu-hour", "rate", "overhead", "steps", "volume"]) $(id).addEventListener("input", update);
+  $("key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+    await loadSummary();
+  });
+  await loadSummary();
   document.body.dataset.ready = "true";
 }
 

@@ -9,15 +9,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/huggingface_hub are imported
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
 from pixelmill.domain import Mode
 from pixelmill.engine.demo import SIZES, write_demo_models
-from pixelmill.engine.device import select_device
-from pixelmill.engine.loader import load_folder
-from pixelmill.engine.pipelines import PipelineSet
 
 
 def _run(pipe, seed=7, **kwargs):

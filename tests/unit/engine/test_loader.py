@@ -14,8 +14,6 @@ import torch
 from safetensors.torch import save_file
 
 from pixelmill.engine import loader
-from pixelmill.engine.demo import write_demo_models
-from pixelmill.engine.device import select_device
 from pixelmill.errors import ModelUnavailable
 
 
