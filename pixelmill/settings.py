@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     """A running job's lease; a worker that stops heartbeating loses its job after this."""
     heartbeat_s: float = Field(5.0, gt=0)
     """How often a worker renews its lease and reads cancel requests (< lease_s / 2)."""
+    progress_interval_s: float = Field(0.5, gt=0)
+    """How often a running job's progress is written to the store (SSE and webhooks see
+    it at this granularity). Shorter is smoother but costs throughput: each write is a
+    committed transaction per job."""
     poll_interval_s: float = Field(0.2, gt=0)
     """How often an idle worker (or a waiting API call) looks at the store for news."""
     max_attempts: int = Field(3, ge=1)

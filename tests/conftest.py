@@ -37,6 +37,7 @@ def server(demo_models: Path, tmp_path_factory: pytest.TempPathFactory):
     proc = ServerProcess(
         workdir, "--models-dir", str(demo_models), "--model", "demo", "--default-steps", "2",
         "--webhook-allow-private", "--webhook-secret", WEBHOOK_SECRET,
+        "--progress-interval-s", "0.1",  # fine-grained progress for the SSE tests
     )
     proc.start()
     yield proc

@@ -35,8 +35,6 @@ from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROGRESS_WRITE_INTERVAL_S = 0.1
-"""At most this often a running job's progress is written to the store."""
 RETRYABLE_CODES = frozenset({"out_of_memory"})
 """Engine failures worth another attempt (transient); others fail the job at once."""
 
@@ -251,7 +249,7 @@ class Worker:
                     await self._beat(run, batch.progress)
             if not any(run.active for run in batch.runs):
                 batch.token.cancel()  # every job of the batch is canceled or lost: stop now
-            await asyncio.sleep(PROGRESS_WRITE_INTERVAL_S)
+            await asyncio.sleep(self.settings.progress_interval_s)  # bounds store writes per job
 
     async def _beat(self, run: _Run, progress: tuple[int, int] | None) -> None:
         """Renew one job's lease, store its progress, and learn whether it was canceled."""

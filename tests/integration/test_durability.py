@@ -11,7 +11,8 @@ from tests.support.images import decode
 from tests.support.postgres import pg_url  # noqa: F401 - fixture
 from tests.support.server import ServerProcess, WorkerProcess, subprocess_env
 
-FAST_LEASE = ("--lease-s", "3", "--heartbeat-s", "0.5", "--poll-interval-s", "0.1")
+FAST_LEASE = ("--lease-s", "6", "--heartbeat-s", "1", "--poll-interval-s", "0.1")
+"""Short leases so crash tests finish quickly, long enough to survive a loaded CI machine."""
 
 
 def submit(url: str, **fields) -> str:
@@ -49,9 +50,11 @@ def wait_running(url: str, job_id: str, timeout: float = 60) -> dict:
 def test_server_killed_with_queued_jobs_finishes_them_after_restart(demo_models: Path, tmp_path: Path):
     args = ("--models-dir", str(demo_models), "--model", "demo", *FAST_LEASE)
     first = ServerProcess(tmp_path, *args).start()
-    ids = [submit(first.url, seed=i, steps=40) for i in range(20)]
-    wait_running(first.url, ids[0])
-    first.kill()  # kill -9 with one job running and the rest queued
+    try:
+        ids = [submit(first.url, seed=i, steps=40) for i in range(20)]
+        wait_running(first.url, ids[0])
+    finally:
+        first.kill()  # kill -9 with one job running and the rest queued
     states = _statuses(tmp_path / "data" / "pixelmill.db", ids)
     assert states.count("queued") >= 15 and "running" in states
 
@@ -79,17 +82,19 @@ def test_worker_killed_mid_job_another_worker_finishes_it(demo_models: Path, tmp
     api = ServerProcess(tmp_path, "--workers", "0", "--db", db, *FAST_LEASE).start()
     worker_args = ("--db", db, "--models-dir", str(demo_models), "--model", "demo", *FAST_LEASE)
     doomed = WorkerProcess(tmp_path / "a", *worker_args).start().wait_ready()
+    rescuer = WorkerProcess(tmp_path / "b", *worker_args)
     try:
         job_id = submit(api.url, steps=150, width=256, height=256)
         running = wait_running(api.url, job_id)
         doomed.kill()
-        rescuer = WorkerProcess(tmp_path / "b", *worker_args).start()
+        rescuer.start()
         job = wait_all(api.url, [job_id], timeout=120)[0]
         assert job["status"] == "succeeded"
         assert job["attempt"] == 2 and job["worker"] != running["worker"]
         assert rescuer.stop() == 0  # SIGTERM: a clean exit
     finally:
         doomed.kill()
+        rescuer.kill()
         api.stop()
 
 
@@ -99,7 +104,7 @@ def test_a_job_that_crashes_every_worker_fails_after_max_attempts(tmp_path: Path
     try:
         job_id = submit(api.url)
         env = subprocess_env(
-            PIXELMILL_DB=db, PIXELMILL_LEASE_S="3", PIXELMILL_HEARTBEAT_S="0.5",
+            PIXELMILL_DB=db, PIXELMILL_LEASE_S="6", PIXELMILL_HEARTBEAT_S="1",
             PIXELMILL_POLL_INTERVAL_S="0.1", PIXELMILL_DATA_DIR=str(tmp_path / "fake"),
             PYTHONPATH=str(Path(__file__).resolve().parents[2]),  # so tests.fakes imports from any cwd
         )
@@ -142,8 +147,10 @@ def test_sigterm_finishes_the_running_job_twice_releases_it(demo_models: Path, t
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     api = ServerProcess(tmp_path, "--workers", "0", "--db", db, *FAST_LEASE).start()
     worker_args = ("--db", db, "--models-dir", str(demo_models), "--model", "demo", *FAST_LEASE)
+    graceful = WorkerProcess(tmp_path / "a", *worker_args)
+    impatient = WorkerProcess(tmp_path / "b", *worker_args)
     try:
-        graceful = WorkerProcess(tmp_path / "a", *worker_args).start().wait_ready()
+        graceful.start().wait_ready()
         first = submit(api.url, steps=40, width=256, height=256)
         wait_running(api.url, first)
         graceful.process.terminate()  # one SIGTERM: finish the job, then exit
@@ -151,7 +158,7 @@ def test_sigterm_finishes_the_running_job_twice_releases_it(demo_models: Path, t
         job = httpx.get(f"{api.url}/v1/jobs/{first}").json()
         assert (job["status"], job["attempt"]) == ("succeeded", 1)
 
-        impatient = WorkerProcess(tmp_path / "b", *worker_args).start().wait_ready()
+        impatient.start().wait_ready()
         second = submit(api.url, steps=150, width=256, height=256)
         wait_running(api.url, second)
         impatient.process.terminate()
@@ -161,4 +168,6 @@ def test_sigterm_finishes_the_running_job_twice_releases_it(demo_models: Path, t
         job = httpx.get(f"{api.url}/v1/jobs/{second}").json()
         assert (job["status"], job["attempt"]) == ("queued", 0)  # a release is not a failed attempt
     finally:
+        graceful.kill()
+        impatient.kill()
         api.stop()

@@ -77,7 +77,7 @@ def test_idempotency_key(server):
 
 
 def test_sse_events_in_order_with_final_urls(server):
-    # Progress is sampled from the store (at most every 0.1 s per job), so a slow enough
+    # Progress is sampled from the store (every 0.1 s per job on this server), so a slow enough
     # job shows several steps; they must come in order, each newer than the last.
     job = submit(server, JOB | {"steps": 40, "width": 256, "height": 256}).json()
     events = events_of(server, job["id"])

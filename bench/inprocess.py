@@ -1,0 +1,158 @@
+"""In-process measurements: the pipeline's own throughput ("the limit") and LoRA switching.
+
+Throughput goes through :meth:`pixelmill.engine.engine.Engine.generate_batch`, i.e. the
+exact call the server's worker makes (prompt handling, seeded generators, PNG
+encoding included), but with no HTTP, no job store and no thread hop: whatever a
+server adds on top shows up as the gap to these numbers.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.stats import median
+
+
+def prompt(i: int) -> str:
+    """A distinct prompt per image, so nothing can be cached between requests."""
+    return f"bench image {i}: a lighthouse on a cliff at dusk, oil painting"
+
+
+@dataclass
+class Throughput:
+    """Images per second at each batch size tried (median over calls)."""
+
+    per_batch: dict[int, float] = field(default_factory=dict)
+    seconds_per_call: dict[int, list[float]] = field(default_factory=dict)
+
+    @property
+    def batch1(self) -> float:
+        return self.per_batch.get(1, float("nan"))
+
+    @property
+    def best_batch(self) -> int:
+        return max(self.per_batch, key=self.per_batch.__getitem__)
+
+    @property
+    def best(self) -> float:
+        return self.per_batch[self.best_batch]
+
+    @property
+    def one_image_s(self) -> float:
+        """Median wall time of one batch-1 generation: the yardstick for LoRA switches."""
+        return median(self.seconds_per_call.get(1, []))
+
+
+def load_engine(models_dir: Path):
+    """A started :class:`Engine` serving the demo model from ``models_dir``."""
+    from pixelmill.engine.engine import Engine
+    from pixelmill.registry import ModelRegistry
+    from pixelmill.settings import load_settings
+
+    settings = load_settings(models_dir=models_dir, model="demo", data_dir=models_dir.parent / "inprocess")
+    engine = Engine(settings, ModelRegistry(settings.models_dir))
+    engine.start()
+    return engine
+
+
+def _requests(count: int, first: int, size: int, steps: int):
+    from pixelmill.domain import GenerationRequest
+
+    return [GenerationRequest(prompt=prompt(first + i), seed=first + i, width=size, height=size, steps=steps)
+            for i in range(count)]
+
+
+def measure_throughput(engine, *, batches: list[int], min_images: int, min_calls: int,
+                       size: int, steps: int) -> Throughput:
+    """Time ``generate_batch`` at each batch size: at least ``min_images`` images and
+    ``min_calls`` calls per size, each call with fresh prompts and seeds."""
+    result, counter = Throughput(), 10_000
+    # Warm-up: the first call pays for lazy initialisation and allocator growth; the
+    # largest batch is warmed too so its bigger buffers are not paid inside the timing.
+    for warm in sorted({1, max(batches)}):
+        engine.generate_batch(_requests(warm, 0, size, steps))
+    for batch in batches:
+        calls = max(min_calls, math.ceil(min_images / batch))
+        durations = []
+        for _ in range(calls):
+            requests = _requests(batch, counter, size, steps)
+            counter += batch
+            started = time.perf_counter()
+            engine.generate_batch(requests)
+            durations.append(time.perf_counter() - started)
+        result.seconds_per_call[batch] = durations
+        result.per_batch[batch] = batch / median(durations)
+        print(f"  batch {batch}: {result.per_batch[batch]:.3f} images/s "
+              f"({calls} calls, median {median(durations):.2f} s/call)", flush=True)
+    return result
+
+
+# --- LoRA --------------------------------------------------------------------------------
+
+
+@dataclass
+class LoraTimes:
+    """Seconds for diffusers' adapter operations on the loaded bench pipeline."""
+
+    one_generation_s: float
+    first_from_disk_s: float
+    from_disk_s: list[float]
+    cached_switch_s: list[float]
+
+
+def write_second_lora(source: Path, target: Path) -> Path:
+    """A second, different adapter: the demo LoRA with every tensor scaled by 0.7."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = {name: tensor * 0.7 for name, tensor in load_file(str(source)).items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target))
+    return target
+
+
+def _timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def measure_lora(models_dir: Path, work: Path, *, size: int, steps: int, repeats: int) -> LoraTimes:
+    """Time LoRA loads from disk and switches between loaded adapters (diffusers/peft).
+
+    pixelmill has no per-request LoRAs yet; this measures the mechanism it will use
+    (``load_lora_weights`` on a miss, ``set_adapters`` on a hit) on the same pipeline
+    class and weights the server loads.
+    """
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(models_dir / "checkpoints" / "demo", use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    lora_a = models_dir / "loras" / "demo-style.safetensors"
+    lora_b = write_second_lora(lora_a, work / "loras" / "demo-style-b.safetensors")
+
+    def generate() -> None:
+        pipe(prompt(0), width=size, height=size, num_inference_steps=steps,
+             generator=torch.Generator().manual_seed(0), output_type="np")
+
+    # peft warns about every second adapter and every deletion; that is the point here.
+    warnings.filterwarnings("ignore", module="peft")
+    first = _timed(lambda: pipe.load_lora_weights(str(lora_a), adapter_name="a"))
+    disk = []
+    for i in range(repeats):  # every load is a new adapter name: a real cache miss
+        disk.append(_timed(lambda i=i: pipe.load_lora_weights(str(lora_b), adapter_name=f"b{i}")))
+    pipe.delete_adapters([f"b{i}" for i in range(1, repeats)])  # keep "a" and "b0" cached
+    switches = []
+    for i in range(max(2, repeats * 4)):
+        name, weight = ("a", 1.0) if i % 2 else ("b0", 0.8)
+        switches.append(_timed(lambda: pipe.set_adapters([name], adapter_weights=[weight])))
+    generate()  # warm-up with an adapter active, then time generations with it
+    one = median([_timed(generate) for _ in range(max(1, repeats // 2))])
+    del pipe
+    gc.collect()
+    return LoraTimes(one, first, disk, switches)

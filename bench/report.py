@@ -1,0 +1,178 @@
+"""Turn one run's measurements into the printed table, the target verdicts and RESULTS.md."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.inprocess import LoraTimes, Throughput
+from bench.load import LoadRun
+from bench.machine import Machine
+from bench.memory import STAGES
+from bench.queue import QueueRun
+from bench.stats import median, percentile, ratio
+
+
+@dataclass
+class Results:
+    """Everything one ``python -m bench.serve`` run measured (None = not measured)."""
+
+    size: int
+    steps: int
+    inprocess: Throughput | None = None
+    lora: LoraTimes | None = None
+    rss: dict[str, float] | None = None
+    reference: dict[int, LoadRun] = field(default_factory=dict)
+    sync: dict[int, LoadRun] = field(default_factory=dict)
+    jobs: dict[int, LoadRun] = field(default_factory=dict)
+    health_pixelmill: list[float] = field(default_factory=list)
+    health_reference: list[float] = field(default_factory=list)
+    queues: list[QueueRun] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target line: what was required, what was measured, and whether it held."""
+
+    name: str
+    measured: str
+    passed: bool | None  # None: could not be measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
+
+
+def _x(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.2f}×"
+
+
+def _ms(values: list[float], q: float) -> str:
+    return "n/a" if not values else f"{percentile(values, q) * 1000:.1f} ms"
+
+
+def _throughput_rows(r: Results) -> list[tuple[str, str, str, str]]:
+    """(measurement, value, vs in-process, vs reference) rows for images/s."""
+    ip = r.inprocess
+    rows = []
+    if ip is not None:
+        for batch, value in ip.per_batch.items():
+            best = " (best)" if batch == ip.best_batch else ""
+            rows.append((f"(1) in-process, batch {batch}{best}", f"{value:.3f} img/s", _x(ratio(value, ip.batch1)), ""))
+    b1 = ip.batch1 if ip else float("nan")
+    best = ip.best if ip else float("nan")
+    for label, runs in (("(2) reference server", r.reference), ("(3) pixelmill OpenAI sync", r.sync),
+                        ("(3) pixelmill jobs + SSE", r.jobs)):
+        for clients, run in sorted(runs.items()):
+            value = http_throughput(run)
+            base = b1 if clients == 1 else best
+            ref = r.reference.get(clients)
+            vs_ref = "" if runs is r.reference or ref is None else _x(ratio(value, http_throughput(ref)))
+            rows.append((f"{label}, {clients} client{'s' if clients > 1 else ''}", f"{value:.3f} img/s",
+                         f"{_x(ratio(value, base))} of {'batch 1' if clients == 1 else 'best batch'}", vs_ref))
+    return rows
+
+
+def http_throughput(run: LoadRun) -> float:
+    """1 client: 1 / median latency (median-based like the in-process numbers); N: images / wall time."""
+    if run.clients == 1 and run.latencies:
+        return 1 / median(run.latencies)
+    return run.throughput
+
+
+def _other_rows(r: Results) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for label, samples in (("(4) /health while generating, pixelmill", r.health_pixelmill),
+                           ("(4) /health while generating, reference", r.health_reference)):
+        if samples:
+            rows.append((label, f"p50 {_ms(samples, 50)}, p99 {_ms(samples, 99)} (n={len(samples)})", "", ""))
+    if r.lora is not None:
+        gen = r.inprocess.one_image_s if r.inprocess else r.lora.one_generation_s
+        for label, value in (("(5) LoRA: first adapter from disk", r.lora.first_from_disk_s),
+                             ("(5) LoRA: another adapter from disk (median)", median(r.lora.from_disk_s)),
+                             ("(5) LoRA: switch between cached adapters (median)", median(r.lora.cached_switch_s)),
+                             ("(5) one generation with an adapter active", r.lora.one_generation_s)):
+            rows.append((label, f"{value * 1000:.1f} ms", f"{ratio(value, gen):.1%} of one generation", ""))
+    if r.rss is not None:
+        for title, key in STAGES:
+            rows.append((f"(6) RSS, {title}", f"{r.rss[key]:.0f} MiB",
+                         _x(ratio(r.rss[key], r.rss["txt2img_generated"])) + " of txt2img", ""))
+    for q in r.queues:
+        if q.skipped:
+            rows.append((f"(7) queue overhead, {q.store}", f"skipped: {q.skipped}", "", ""))
+            continue
+        for label, values in (("POST returned → started_at", q.returned_to_started),
+                              ("created_at → started_at", q.created_to_started),
+                              ("POST returned → SSE started", q.returned_to_sse_started)):
+            rows.append((f"(7) {q.store}: {label}", f"p50 {_ms(values, 50)}, p99 {_ms(values, 99)} (n={len(values)})",
+                         "", ""))
+    return rows
+
+
+def table(r: Results) -> str:
+    """The run as a Markdown table (readable in a terminal too)."""
+    head = ["| measurement | value | vs in-process (1) | vs reference (2), same clients |",
+            "|---|---|---|---|"]
+    rows = _throughput_rows(r) + _other_rows(r)
+    return "\n".join(head + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def _throughput_targets(r: Results) -> list[Target]:
+    targets = []
+    ip = r.inprocess
+    for name, runs in (("OpenAI sync", r.sync), ("jobs + SSE", r.jobs)):
+        one, many, ref = runs.get(1), runs.get(max(runs, default=1)), r.reference.get(max(r.reference, default=1))
+        if one is not None and ip is not None:
+            value = ratio(http_throughput(one), ip.batch1)
+            targets.append(Target(f"pixelmill {name}, 1 client ≥ 0.95 × in-process batch 1", _x(value), value >= 0.95))
+        if many is not None and many.clients > 1 and ip is not None:
+            value = ratio(http_throughput(many), ip.best)
+            targets.append(Target(f"pixelmill {name}, {many.clients} clients ≥ 0.9 × in-process best batch "
+                                  f"({ip.best_batch})", _x(value), value >= 0.9))
+        if many is not None and ref is not None and ref.clients == many.clients:
+            value = ratio(http_throughput(many), http_throughput(ref))
+            targets.append(Target(f"pixelmill {name}, {many.clients} clients ≥ 1.6 × reference server",
+                                  _x(value), value >= 1.6))
+    return targets
+
+
+def targets(r: Results) -> list[Target]:
+    """Every target of the suite, evaluated on this run's numbers."""
+    result = _throughput_targets(r)
+    if r.health_pixelmill:
+        p99 = percentile(r.health_pixelmill, 99)
+        result.append(Target("/health p99 < 50 ms while generating", f"{p99 * 1000:.1f} ms", p99 < 0.050))
+    if r.lora is not None and r.inprocess is not None:
+        share = ratio(median(r.lora.cached_switch_s), r.inprocess.one_image_s)
+        result.append(Target("cached LoRA switch ≤ 10 % of one generation", f"{share:.1%}", share <= 0.10))
+    for q in r.queues:
+        name = f"queue overhead p50 < 20 ms ({q.store})"
+        if q.skipped:
+            result.append(Target(name, q.skipped, None))
+        else:
+            p50 = percentile(q.returned_to_started, 50)
+            result.append(Target(name, f"{p50 * 1000:.1f} ms", p50 < 0.020))
+    return result
+
+
+def targets_text(items: list[Target]) -> str:
+    return "\n".join(f"- {t.verdict}: {t.name} — measured {t.measured}" for t in items)
+
+
+def append_results(path: Path, *, command: str, machine: Machine, load_start: str, load_end: str,
+                   r: Results, verdicts: list[Target]) -> None:
+    """Append this run as a new section of ``RESULTS.md`` (never rewrites earlier runs)."""
+    lines = [
+        "", f"## {machine.date} — {r.size}×{r.size}, {r.steps} steps, bench model", "",
+        f"Command: `{command}`", "",
+        *(f"- {line}" for line in machine.lines()),
+        f"- load average (1, 5, 15 min) at start: {load_start}; at end: {load_end}",
+        *(f"- note: {note}" for note in r.notes),
+        "", table(r), "", "Targets:", "", targets_text(verdicts), "",
+    ]
+    if not path.exists():
+        path.write_text("# pixelmill benchmark results\n\nAppended by `python -m bench.serve`; newest last.\n")
+    with path.open("a") as out:
+        out.write("\n".join(lines))
