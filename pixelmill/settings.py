@@ -166,6 +166,15 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def default_model_names(self) -> set[str]:
+        """Names a request may use for the default model (besides ``model_aliases``).
+
+        Without a configured model the default is the SDXL base, which may have fallen
+        back to the demo model, so both names mean "the default".
+        """
+        return {self.model} if self.model else {DEFAULT_HUB_MODEL, DEMO_MODEL}
+
+    @property
     def db_url(self) -> str:
         """The job store URL (the SQLite default lives in the data dir)."""
         return self.db or f"sqlite:///{self.data_dir / 'pixelmill.db'}"

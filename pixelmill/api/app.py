@@ -28,6 +28,7 @@ from pixelmill.api.native import router as native
 from pixelmill.api.openai import router as openai
 from pixelmill.cost.alerts import watch_crossover
 from pixelmill.auth.store import KeyStore
+from pixelmill.jobs.worker import reap_expired_jobs
 from pixelmill.services import Services, build_services
 from pixelmill.settings import Settings
 
@@ -43,12 +44,7 @@ async def _maintenance(services: Services) -> None:
     interval = max(0.5, services.settings.lease_s / 4)
     while True:
         await asyncio.sleep(interval)
-        for job_id in await asyncio.to_thread(services.store.reap_expired):
-            job = await asyncio.to_thread(services.store.get, job_id)
-            log.warning("job %s: its worker stopped responding; now %s", job_id, job.status.value)
-            services.notifier.job_changed(job_id)
-            if job.status.terminal:
-                services.events.completed(job)
+        await reap_expired_jobs(services.store, services.notifier, services.events)
         if asyncio.get_running_loop().time() - last_sweep > SWEEP_INTERVAL_S:
             last_sweep = asyncio.get_running_loop().time()
             removed = await asyncio.to_thread(services.results.sweep)

@@ -148,7 +148,7 @@ class Engine:
             raise ModelUnavailable("no model is loaded yet")
         if requested in (None, "", self._source.name) or requested in self.settings.model_aliases:
             return self._source
-        if not self.settings.model and requested in (DEFAULT_HUB_MODEL, DEMO_MODEL):
+        if requested in self.settings.default_model_names:
             return self._source  # the default model, or the demo it fell back to
         entry = self.registry.resolve(ModelKind.checkpoint, requested, param="model")
         return ModelSource(entry.name, "single_file" if entry.single_file else "folder", str(entry.path))

@@ -8,7 +8,7 @@ and CUDA draw the same initial noise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,6 @@ class PipelineOutput:
     sampler: str
     width: int
     height: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _round8(value: int) -> int:

@@ -17,7 +17,7 @@ from pixelmill.errors import GenerationCanceled, GenerationFailed, WaitTimeout
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import JobStore
 from pixelmill.registry import ModelKind, ModelRegistry
-from pixelmill.settings import DEFAULT_HUB_MODEL, DEMO_MODEL, Settings
+from pixelmill.settings import Settings
 from pixelmill.validation import validate_request
 
 
@@ -32,14 +32,9 @@ class ModelCatalog:
         self.settings = settings
         self.registry = registry
 
-    def default_names(self) -> set[str]:
-        if self.settings.model:
-            return {self.settings.model}
-        return {DEFAULT_HUB_MODEL, DEMO_MODEL}  # the default may have fallen back to the demo
-
     def check(self, name: str | None) -> None:
         """Raise ``NotFound``/``InvalidRequest`` (param ``model``) for a name no worker can serve."""
-        if not name or name in self.settings.model_aliases or name in self.default_names():
+        if not name or name in self.settings.model_aliases or name in self.settings.default_model_names:
             return
         self.registry.resolve(ModelKind.checkpoint, name, param="model")
 

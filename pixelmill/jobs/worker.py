@@ -44,6 +44,19 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+async def reap_expired_jobs(store: JobStore, notifier: Notifier, events: JobEvents) -> None:
+    """Requeue (or fail, at max attempts) jobs whose worker stopped renewing its lease.
+
+    Safe from every worker and API host at once; whoever reaps a job announces it.
+    """
+    for job_id in await asyncio.to_thread(store.reap_expired):
+        job = await asyncio.to_thread(store.get, job_id)
+        log.warning("job %s: lease expired; now %s (attempt %d)", job_id, job.status.value, job.attempt)
+        notifier.job_changed(job_id)
+        if job.status.terminal:
+            events.completed(job)
+
+
 @dataclass
 class _Run:
     """One job of a running batch: what its heartbeats learned."""
@@ -143,11 +156,7 @@ class Worker:
         if now - self._last_reap < min(self.settings.heartbeat_s, self.settings.lease_s / 4):
             return
         self._last_reap = now
-        for job_id in await asyncio.to_thread(self.store.reap_expired):
-            job = await asyncio.to_thread(self.store.get, job_id)
-            log.warning("job %s: lease expired; now %s (attempt %d)", job_id, job.status.value, job.attempt)
-            if job.status.terminal:
-                self.events.completed(job)
+        await reap_expired_jobs(self.store, self.notifier, self.events)
 
     def stop(self) -> None:
         """Stop claiming; the running job finishes (see :meth:`abort`)."""
