@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +96,7 @@ def measure_throughput(engine, *, batches: list[int], min_images: int, min_calls
 
 @dataclass
 class LoraTimes:
-    """Seconds for diffusers' adapter operations on the loaded bench pipeline."""
+    """Seconds for pixelmill's adapter cache (``LoraCache.activate``) on the bench model."""
 
     one_generation_s: float
     first_from_disk_s: float
@@ -121,38 +120,33 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
-def measure_lora(models_dir: Path, work: Path, *, size: int, steps: int, repeats: int) -> LoraTimes:
-    """Time LoRA loads from disk and switches between loaded adapters (diffusers/peft).
+def measure_lora(models_dir: Path, *, size: int, steps: int, repeats: int) -> LoraTimes:
+    """Time pixelmill's LoRA activation: a cache miss (file read + load) and a cache hit.
 
-    pixelmill has no per-request LoRAs yet; this measures the mechanism it will use
-    (``load_lora_weights`` on a miss, ``set_adapters`` on a hit) on the same pipeline
-    class and weights the server loads.
+    Runs through the engine's own per-model :class:`~pixelmill.engine.adapters.LoraCache`,
+    the code every request with ``loras`` goes through. A miss is forced by shrinking the
+    cache to one adapter and alternating two LoRAs (each activation evicts and re-reads);
+    a hit alternates the same two LoRAs, with different weights, with both resident.
     """
-    import torch
-    from diffusers import StableDiffusionXLPipeline
+    from pixelmill.domain import GenerationRequest, LoraSpec
 
-    pipe = StableDiffusionXLPipeline.from_pretrained(models_dir / "checkpoints" / "demo", use_safetensors=True)
-    pipe.set_progress_bar_config(disable=True)
-    lora_a = models_dir / "loras" / "demo-style.safetensors"
-    lora_b = write_second_lora(lora_a, work / "loras" / "demo-style-b.safetensors")
-
-    def generate() -> None:
-        pipe(prompt(0), width=size, height=size, num_inference_steps=steps,
-             generator=torch.Generator().manual_seed(0), output_type="np")
-
-    # peft warns about every second adapter and every deletion; that is the point here.
-    warnings.filterwarnings("ignore", module="peft")
-    first = _timed(lambda: pipe.load_lora_weights(str(lora_a), adapter_name="a"))
-    disk = []
-    for i in range(repeats):  # every load is a new adapter name: a real cache miss
-        disk.append(_timed(lambda i=i: pipe.load_lora_weights(str(lora_b), adapter_name=f"b{i}")))
-    pipe.delete_adapters([f"b{i}" for i in range(1, repeats)])  # keep "a" and "b0" cached
-    switches = []
-    for i in range(max(2, repeats * 4)):
-        name, weight = ("a", 1.0) if i % 2 else ("b0", 0.8)
-        switches.append(_timed(lambda: pipe.set_adapters([name], adapter_weights=[weight])))
-    generate()  # warm-up with an adapter active, then time generations with it
-    one = median([_timed(generate) for _ in range(max(1, repeats // 2))])
-    del pipe
+    write_second_lora(models_dir / "loras" / "demo-style.safetensors", models_dir / "loras" / "demo-style-b.safetensors")
+    engine = load_engine(models_dir)
+    engine.registry.refresh()
+    loras = engine._models.get(engine.model_for(None)).loras
+    a, b = (LoraSpec(name="demo-style", weight=1.0),), (LoraSpec(name="demo-style-b", weight=0.8),)
+    first = _timed(lambda: loras.activate(a))
+    capacity, loras.max_count = loras.max_count, 1
+    disk = [_timed(lambda i=i: loras.activate(b if i % 2 == 0 else a)) for i in range(repeats)]
+    loras.max_count = capacity
+    loras.activate(a)
+    loras.activate(b)  # both resident from here on
+    switches = [_timed(lambda i=i: loras.activate(a if i % 2 else b)) for i in range(max(2, repeats * 4))]
+    request = GenerationRequest(prompt=prompt(0), width=size, height=size, steps=steps, seed=0, loras=a)
+    engine.generate(request)  # warm-up with an adapter active, then time generations with it
+    one = median([_timed(lambda: engine.generate(request)) for _ in range(max(1, repeats // 2))])
+    assert loras.loads == repeats + 2, "a cached switch read a file"
+    engine.unload()
+    del engine
     gc.collect()
     return LoraTimes(one, first, disk, switches)

@@ -6,7 +6,7 @@ Sections (the README's "Benchmarks" section explains how to read them):
 2. a tutorial-style FastAPI server (``bench.reference_server``) — the naive baseline;
 3. pixelmill over HTTP: OpenAI sync endpoint and jobs + SSE, 1 and 8 clients;
 4. ``/health`` latency while generating, pixelmill and reference;
-5. LoRA load from disk vs switch between cached adapters (diffusers' mechanism);
+5. LoRA load from disk vs switch between cached adapters (pixelmill's adapter cache);
 6. RSS with txt2img only vs all modes (fresh process);
 7. submit → start latency with an idle worker, on SQLite and PostgreSQL.
 
@@ -99,8 +99,8 @@ def run_inprocess(args, plan: Plan, models: Path, work: Path, results: Results) 
         del engine
         gc.collect()
     if "lora" not in args.skip:
-        print("(5) LoRA load and switch (diffusers)", flush=True)
-        results.lora = measure_lora(models, work, size=args.size, steps=args.steps, repeats=plan.lora_repeats)
+        print("(5) LoRA load and switch (pixelmill's adapter cache)", flush=True)
+        results.lora = measure_lora(models, size=args.size, steps=args.steps, repeats=plan.lora_repeats)
 
 
 def run_rss(args, models: Path, results: Results) -> None:

@@ -45,4 +45,5 @@ def batch_key(request: GenerationRequest) -> Hashable:
         request.strength if request.mode is not Mode.txt2img else None,
         bool(request.negative_prompt),
         tuple(sorted((lora.name, lora.weight) for lora in request.loras)),
+        (request.refiner.name, request.refiner.switch_at) if request.refiner else None,
     )

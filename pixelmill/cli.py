@@ -103,7 +103,7 @@ def demo_model(
 
     with console.status(f"writing the {size} demo model to {directory}"):
         write_demo_models(directory, size=size)  # type: ignore[arg-type]
-    console.print(f"[green]wrote[/] {directory}/checkpoints/demo, loras/demo-style, controlnets/demo-canny")
+    console.print(f"[green]wrote[/] {directory}/checkpoints/demo, checkpoints/demo-refiner, loras/demo-style, controlnets/demo-canny")
     console.print(f"serve it with: pixelmill serve --models-dir {directory} --model demo")
 
 
@@ -121,7 +121,7 @@ def models(settings: Settings) -> None:
     for kind in ModelKind:
         for entry in registry.list(kind):
             fmt = "single file" if entry.single_file else "diffusers folder"
-            table.add_row(kind.name, entry.name, fmt, f"{entry.size_bytes / 2**20:,.1f} MiB")
+            table.add_row(entry.listed_kind, entry.name, fmt, f"{entry.size_bytes / 2**20:,.1f} MiB")
     Console().print(table)
 
 

@@ -68,8 +68,20 @@ class LoraSpec(BaseModel):
     weight: float = 1.0
 
 
+class Preprocess(str, enum.Enum):
+    """Built-in control-image preprocessors: pass through, Canny edge map, colour inversion."""
+
+    none = "none"
+    canny = "canny"
+    invert = "invert"
+
+
 class ControlSpec(BaseModel):
-    """One ControlNet applied to a request: registry name, control image (PNG bytes), schedule."""
+    """One ControlNet applied to a request: registry name, control image (PNG bytes), schedule.
+
+    ``scale`` multiplies the ControlNet's residuals (0 = no effect); ``start``/``end`` are
+    the fractions of the denoising steps during which it is applied.
+    """
 
     model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
 
@@ -78,7 +90,20 @@ class ControlSpec(BaseModel):
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
-    preprocess: str = "none"
+    preprocess: Preprocess = Preprocess.none
+
+
+class RefinerSpec(BaseModel):
+    """A refiner pass: registry name of the refiner checkpoint and the hand-off point.
+
+    The base model denoises the first ``switch_at`` fraction of the steps and the refiner
+    the rest (ensemble of experts: ``denoising_end`` / ``denoising_start``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    switch_at: float = 0.8
 
 
 class GenerationRequest(BaseModel):
@@ -110,6 +135,8 @@ class GenerationRequest(BaseModel):
     output_quality: int | None = Field(None, description="JPEG/WebP quality 1-100.")
     loras: tuple[LoraSpec, ...] = ()
     controlnets: tuple[ControlSpec, ...] = ()
+    return_control_images: bool = Field(False, description="Also return each preprocessed control image.")
+    refiner: RefinerSpec | None = None
 
 
 class Progress(BaseModel):
@@ -135,6 +162,8 @@ class JobResult(BaseModel):
     """What a finished generation returns: images plus the facts the ledger needs."""
 
     images: list[GeneratedImage]
+    control_images: list[GeneratedImage] = Field(
+        default_factory=list, description="Preprocessed control images, when asked for (PNG).")
     seed: int = Field(description="Seed of the first image; image i used seed + i.")
     model: str
     width: int
@@ -181,6 +210,7 @@ class JobRecord(BaseModel):
     finished_at: datetime | None = None
     result_ids: list[str] = Field(default_factory=list)
     result_seeds: list[int] = Field(default_factory=list)
+    control_result_ids: list[str] = Field(default_factory=list, description="Preprocessed control images.")
     error: JobError | None = None
     webhook: WebhookSpec | None = None
     webhook_state: dict | None = Field(None, description="Last delivery attempt per event.")

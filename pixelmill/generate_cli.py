@@ -96,14 +96,13 @@ def _generate_local(options: GenerateOptions, models_dir: Path | None, console: 
     from pixelmill.engine.engine import Engine
     from pixelmill.registry import ModelRegistry
     from pixelmill.settings import load_settings
-    from pixelmill.validation import validate_request
+    from pixelmill.validation import prepare_request
 
     settings = load_settings(models_dir=models_dir, model=options.model)
     with console.status("loading the model"):
         engine = Engine(settings, ModelRegistry(settings.models_dir))
         engine.start()
-    request = GenerationCreate(**options.body()).to_request(settings)
-    validate_request(request, settings)
+    request = prepare_request(GenerationCreate(**options.body()).to_request(settings), settings)
     with _progress_bar(console) as bar:
         task = bar.add_task("generate", total=None)
         result = engine.generate(request, on_progress=lambda step, total: bar.update(task, completed=step, total=total))

@@ -7,17 +7,28 @@ Layout::
       checkpoints/<name>.safetensors   single-file SDXL checkpoint
       loras/<name>.safetensors
       controlnets/<name>/              diffusers folder
+      vae/<name>/ or vae/<name>.safetensors   optional AutoencoderKL
 
 A name is a plain identifier. It is resolved inside its kind's folder and refused
 when it could point anywhere else (``..``, separators, absolute paths, symlinks that
 leave the folder). Pickle formats (``.ckpt``, ``.pt``, ``.bin``, ``.pth``) are never
 opened: they can run code when loaded. This module does not import diffusers.
+
+A checkpoint folder laid out like the SDXL refiner (``model_index.json`` without a
+usable ``text_encoder``) lists as ``refiner`` but resolves as a checkpoint. Uploaded
+LoRAs are stored with a temporary file renamed into place, so a reader never sees a
+half-written file.
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import os
 import re
+import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +44,7 @@ class ModelKind(str, enum.Enum):
     checkpoint = "checkpoints"
     lora = "loras"
     controlnet = "controlnets"
+    vae = "vae"
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,12 @@ class ModelEntry:
     path: Path
     single_file: bool
     size_bytes: int
+    refiner: bool = False
+
+    @property
+    def listed_kind(self) -> str:
+        """The kind listings show: ``refiner`` for refiner checkpoints, else the kind's name."""
+        return "refiner" if self.refiner else self.kind.name
 
 
 def check_name(name: str, *, param: str) -> str:
@@ -79,20 +97,45 @@ def _is_diffusers_folder(path: Path, kind: ModelKind) -> bool:
     return any(path.rglob("*.safetensors"))
 
 
+def _is_refiner_folder(path: Path) -> bool:
+    """SDXL refiner layout: ``text_encoder`` is null (it has only ``text_encoder_2``)."""
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(index, dict) or "text_encoder_2" not in index:
+        return False
+    first = index.get("text_encoder")
+    return first is None or (isinstance(first, list) and None in first)
+
+
 class ModelRegistry:
-    """Scans a models directory and resolves names of checkpoints, LoRAs and ControlNets."""
+    """Scans a models directory and resolves names of checkpoints, LoRAs, ControlNets, VAEs.
+
+    Thread-safe: a refresh builds a new table and swaps it in whole, so readers (API
+    threads, engine threads) see either the old or the new scan, never a mix.
+    """
 
     def __init__(self, root: Path):
         self.root = root
         self._entries: dict[tuple[ModelKind, str], ModelEntry] = {}
+        self._refresh_lock = threading.Lock()
 
     def refresh(self) -> None:
         """Re-scan the directory (at start and on demand)."""
-        entries: dict[tuple[ModelKind, str], ModelEntry] = {}
-        for kind in ModelKind:
-            for entry in self._scan(kind):
-                entries[(kind, entry.name)] = entry
-        self._entries = entries
+        with self._refresh_lock:  # serialised so an older scan never replaces a newer one
+            entries: dict[tuple[ModelKind, str], ModelEntry] = {}
+            for kind in ModelKind:
+                for entry in self._scan(kind):
+                    entries[(kind, entry.name)] = entry
+            self._entries = entries
+
+    def counts(self) -> dict[str, int]:
+        """How many entries of each listed kind (``refiner`` counted apart from ``checkpoint``)."""
+        counts = {kind.name: 0 for kind in ModelKind} | {"refiner": 0}
+        for entry in list(self._entries.values()):
+            counts[entry.listed_kind] += 1
+        return counts
 
     def _scan(self, kind: ModelKind) -> list[ModelEntry]:
         folder = self.root / kind.value
@@ -120,11 +163,13 @@ class ModelRegistry:
             return None
         if not NAME_PATTERN.fullmatch(name):
             return None
-        return ModelEntry(name, kind, child, single, _size_of(child))
+        refiner = kind is ModelKind.checkpoint and not single and _is_refiner_folder(child)
+        return ModelEntry(name, kind, child, single, _size_of(child), refiner)
 
     def list(self, kind: ModelKind) -> list[ModelEntry]:
         """Entries of one kind, sorted by name."""
-        return sorted((e for (k, _), e in self._entries.items() if k is kind), key=lambda e: e.name)
+        entries = self._entries  # one snapshot: a concurrent refresh swaps, never mutates
+        return sorted((e for (k, _), e in entries.items() if k is kind), key=lambda e: e.name)
 
     def find(self, kind: ModelKind, name: str) -> ModelEntry | None:
         """The entry called ``name``, or None; never looks outside the scanned folder."""
@@ -144,3 +189,54 @@ class ModelRegistry:
         if not _inside(entry.path, self.root / kind.value):
             raise InvalidRequest(f"{kind.name} {name!r} points outside its folder", param=param)
         return entry
+
+    def store_lora(
+        self, name: str, data: bytes, *, overwrite: bool = False,
+        check: Callable[[Path], None] | None = None,
+    ) -> ModelEntry:
+        """Store ``data`` as ``loras/<name>.safetensors`` atomically, then re-scan.
+
+        The bytes go to a hidden temporary file inside ``loras/`` (never listed: not a
+        ``.safetensors`` name), ``check`` validates that file, and only then is it renamed
+        into place. An existing LoRA is replaced only with ``overwrite``; errors name
+        the ``name`` parameter, or whatever ``check`` raises.
+        """
+        name = check_name(name.removesuffix(".safetensors"), param="name")
+        if Path(name).suffix.lower() in PICKLE_SUFFIXES:
+            raise InvalidRequest(f"{name!r} looks like a pickle file name; choose another name", param="name")
+        folder = self.root / ModelKind.lora.value
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{name}.safetensors"
+        if not overwrite and os.path.lexists(target):
+            raise _exists(name)
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            if check is not None:
+                check(Path(temp))
+            _publish(Path(temp), target, overwrite=overwrite, name=name)
+        finally:
+            Path(temp).unlink(missing_ok=True)
+        self.refresh()
+        return self.resolve(ModelKind.lora, name, param="name")
+
+
+def _publish(temp: Path, target: Path, *, overwrite: bool, name: str) -> None:
+    """Rename ``temp`` to ``target``: replacing it (``overwrite``) or only if it is new."""
+    try:
+        if overwrite:
+            os.replace(temp, target)  # replaces a symlink itself, never what it points to
+        else:
+            os.link(temp, target)  # atomic "create if absent": a racing upload loses cleanly
+    except FileExistsError:
+        raise _exists(name) from None
+    except IsADirectoryError:
+        raise InvalidRequest(f"{name!r} names a folder in loras/; choose another name",
+                             param="name") from None
+
+
+def _exists(name: str) -> InvalidRequest:
+    return InvalidRequest(f"a LoRA named {name!r} exists; send overwrite=true to replace it", param="name")

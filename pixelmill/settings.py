@@ -51,6 +51,24 @@ class Settings(BaseSettings):
     base from the Hugging Face cache, falling back to the demo model when it cannot load."""
     model_aliases: list[str] = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"]
     """Model names (as OpenAI clients send them) that mean "the default model"."""
+    refiner: str | None = None
+    """Refiner checkpoint (a name in ``checkpoints/``) used for every request that does not
+    name one; requests can still pass ``refiner`` themselves. Unset: no refiner pass."""
+    refiner_switch_at: float = Field(0.8, gt=0, lt=1)
+    """Fraction of the steps the base model runs before the refiner takes over."""
+    model_cache_gb: float = Field(0.0, ge=0)
+    """Memory budget (GB) for checkpoints kept loaded at once; the least recently used is
+    freed when a switch would exceed it. 0 = keep only the model in use."""
+    lora_cache_size: int = Field(16, ge=1)
+    """LoRA adapters kept loaded in each model (least recently used is deleted first)."""
+    lora_cache_mb: float = Field(2048.0, gt=0)
+    """Total size (MB, file size) of the LoRA adapters kept loaded in each model."""
+    lora_max_rank: int = Field(128, ge=1, le=1024)
+    """Highest LoRA rank that can be hot-swapped under ``--compile``: the compiled UNet
+    holds 5 fixed adapter slots of this rank, so switching LoRAs never recompiles. A LoRA
+    of a higher rank is refused (400). Lower it to the ranks you use to save memory."""
+    controlnet_cache_size: int = Field(3, ge=1)
+    """ControlNet models kept loaded (least recently used is freed first)."""
     data_dir: Path = Path(".pixelmill")
     """Where the server keeps its state: result files, the demo model when generated."""
 

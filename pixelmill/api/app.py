@@ -20,6 +20,7 @@ from pixelmill import __version__
 from pixelmill.api import keys as api_keys
 from pixelmill.api import openapi as api_openapi
 from pixelmill.api import cost, system
+from pixelmill.api import models as api_models
 from pixelmill.api.auth import Authenticator
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.middleware import RequestContextMiddleware
@@ -101,6 +102,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(native_jobs.router)
     app.include_router(cost.router)
     app.include_router(api_keys.router)
+    app.include_router(api_models.router)
     api_openapi.install(app)
     return app
 

@@ -4,6 +4,7 @@
 directory has::
 
     checkpoints/demo/              diffusers folder of a StableDiffusionXLPipeline
+    checkpoints/demo-refiner/      SDXL refiner (StableDiffusionXLImg2ImgPipeline folder)
     loras/demo-style.safetensors   LoRA on the UNet attention and both text encoders
     controlnets/demo-canny/        ControlNetModel matching the demo UNet
 
@@ -12,6 +13,12 @@ hidden sizes add up to the UNet's ``cross_attention_dim``, a UNet with
 ``addition_embed_type="text_time"``, a 4-block VAE that downsamples 8x and a locally
 written byte-level BPE tokenizer. Images are noise, but every parameter's effect is
 testable through the real ``from_pretrained`` / ``load_lora_weights`` paths.
+
+The refiner is structurally an SDXL refiner: no first text encoder, a UNet that
+cross-attends to the second encoder's states only and is micro-conditioned on an
+aesthetic score instead of the target size. Its ``text_encoder_2``, ``tokenizer_2`` and
+``vae`` are the base's, saved with identical weights, as with the real SDXL 1.0 pair --
+so loading it while sharing the base's copies changes nothing.
 
 Output is deterministic: all random initialisation runs under fixed seeds inside
 ``torch.random.fork_rng`` (so the caller's global RNG is untouched), and nothing
@@ -31,6 +38,7 @@ import torch
 DEMO_MODEL_NAME = "demo"
 DEMO_LORA_NAME = "demo-style"
 DEMO_CONTROLNET_NAME = "demo-canny"
+DEMO_REFINER_NAME = "demo-refiner"
 _SEED = 20240917  # arbitrary but fixed: the demo must be byte-identical between runs
 
 
@@ -86,7 +94,7 @@ SDXL_SCHEDULER_CONFIG = {
 
 
 def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny") -> None:
-    """Write the demo checkpoint, LoRA and ControlNet under ``models_dir``.
+    """Write the demo checkpoint, refiner, LoRA and ControlNet under ``models_dir``.
 
     Existing demo outputs are replaced; other files in ``models_dir`` are left alone.
     """
@@ -97,6 +105,7 @@ def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny")
         pipe = build_demo_pipeline(spec)
         _save_dir(models_dir / "checkpoints" / DEMO_MODEL_NAME, pipe.save_pretrained)
         _write_controlnet(pipe.unet, spec, models_dir / "controlnets" / DEMO_CONTROLNET_NAME)
+        _write_refiner(pipe, spec, models_dir / "checkpoints" / DEMO_REFINER_NAME)
         # Last, because adding adapters mutates the in-memory components.
         _write_lora(pipe, spec, models_dir / "loras")
 
@@ -118,9 +127,17 @@ def build_demo_pipeline(spec: DemoSize):
     )
 
 
-def _unet(spec: DemoSize):
+def _unet(spec: DemoSize, *, refiner: bool = False):
+    """The SDXL base UNet, or (``refiner=True``) the refiner's conditioning on the same layout.
+
+    The refiner cross-attends to the second text encoder only and embeds 5 micro-
+    conditioning numbers (original size, crop, aesthetic score) instead of 6. The real
+    refiner is also wider and one level deeper; that does not matter for the hand-off.
+    """
     from diffusers import UNet2DConditionModel
 
+    context_dim = spec.te2_hidden if refiner else spec.te1_hidden + spec.te2_hidden
+    time_ids = 5 if refiner else 6
     return UNet2DConditionModel(
         sample_size=spec.sample_size,
         in_channels=4,
@@ -134,12 +151,12 @@ def _unet(spec: DemoSize):
         transformer_layers_per_block=spec.unet_transformer_layers,
         norm_num_groups=spec.norm_groups,
         # SDXL cross-attends to the concatenated penultimate states of both encoders.
-        cross_attention_dim=spec.te1_hidden + spec.te2_hidden,
+        cross_attention_dim=context_dim,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=spec.time_embed_dim,
-        # pooled text embeds (projection_dim) + 6 micro-conditioning numbers, each embedded
-        projection_class_embeddings_input_dim=spec.projection_dim + 6 * spec.time_embed_dim,
+        # pooled text embeds (projection_dim) + 6 (refiner: 5) micro-conditioning numbers
+        projection_class_embeddings_input_dim=spec.projection_dim + time_ids * spec.time_embed_dim,
     )
 
 
@@ -255,8 +272,9 @@ def _save_dir(target: Path, save) -> None:
     save(target, safe_serialization=True)
     if (target / "model_index.json").exists():
         for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
-            shutil.rmtree(target / sub, ignore_errors=True)
-            write_tokenizer_files(target / sub, pad)
+            if (target / sub).is_dir():  # a refiner has no first tokenizer
+                shutil.rmtree(target / sub)
+                write_tokenizer_files(target / sub, pad)
 
 
 def _small_random_(tensor: torch.Tensor, gen: torch.Generator, std: float) -> None:
@@ -282,6 +300,32 @@ def _write_controlnet(unet, spec: DemoSize, target: Path) -> None:
         _small_random_(conv.weight, gen, std=0.05)
         _small_random_(conv.bias, gen, std=0.01)
     _save_dir(target, controlnet.save_pretrained)
+
+
+def _write_refiner(base, spec: DemoSize, target: Path) -> None:
+    """Save an SDXL refiner folder: a fresh refiner UNet plus the base's TE2, tokenizer and VAE.
+
+    Built under its own seed inside a forked RNG so the files written after it (the
+    LoRA draws from the global RNG) are the same with or without the refiner.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED + 3)
+        unet = _unet(spec, refiner=True)
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    _save_dir(target, refiner.save_pretrained)
 
 
 def _write_lora(pipe, spec: DemoSize, loras_dir: Path) -> None:

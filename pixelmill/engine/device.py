@@ -19,7 +19,7 @@ Precision choices:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,11 @@ class DeviceConfig:
     vae_path: Path | None = None
     """Optional diffusers ``AutoencoderKL`` folder replacing every model's VAE (e.g. an
     fp16-fix SDXL VAE, which makes the fp32 upcast for decoding unnecessary)."""
+    lora_max_rank: int = 128
+    """Rank of the LoRA hot-swap slots of a compiled UNet (see :attr:`lora_hotswap`)."""
+    _compile_backend: str | None = field(default=None, repr=False)
+    """Tests only: a ``torch.compile`` backend such as ``"eager"`` (dynamo tracing without
+    inductor, cheap on CPU). ``None``, the production value, compiles with ``COMPILE_MODE``."""
 
     @property
     def is_cuda(self) -> bool:
@@ -59,6 +64,12 @@ class DeviceConfig:
     @property
     def half(self) -> bool:
         return self.dtype in (torch.float16, torch.bfloat16)
+
+    @property
+    def lora_hotswap(self) -> bool:
+        """LoRAs are hot-swapped into fixed UNet slots (whenever the UNet is compiled), so
+        switching them changes no module and no guard and never triggers a recompile."""
+        return self.compile and self.offload != "sequential"
 
 
 def select_device(
@@ -69,6 +80,7 @@ def select_device(
     vae_slicing: bool = False,
     compile: bool = False,
     vae_path: Path | None = None,
+    lora_max_rank: int = 128,
 ) -> DeviceConfig:
     """Resolve a device preference into a :class:`DeviceConfig`.
 
@@ -80,7 +92,8 @@ def select_device(
     if offload not in ("none", "model", "sequential"):
         raise ModelUnavailable(f"unknown offload mode {offload!r}; use none, model or sequential")
     return DeviceConfig(device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
-                        vae_slicing=vae_slicing, compile=compile, vae_path=vae_path)
+                        vae_slicing=vae_slicing, compile=compile, vae_path=vae_path,
+                        lora_max_rank=lora_max_rank)
 
 
 def _resolve_device(pref: str) -> str:
@@ -137,6 +150,10 @@ def prepare_pipeline(pipe: Any, cfg: DeviceConfig) -> Any:
         # NHWC convolutions use tensor cores better on CUDA; no benefit on CPU/MPS.
         pipe.unet.to(memory_format=torch.channels_last)
         _fuse_qkv(pipe)
+    if cfg.lora_hotswap and hasattr(pipe, "enable_lora_hotswap"):
+        # Must precede compiling: it declares the rank every hot-swapped LoRA is padded to
+        # (see pixelmill.engine.hotswap, which builds the slots and consumes this setting).
+        pipe.enable_lora_hotswap(target_rank=cfg.lora_max_rank)
     if cfg.compile:
         _compile_unet(pipe, cfg)
     return pipe
@@ -244,6 +261,9 @@ def _compile_unet(pipe: Any, cfg: DeviceConfig) -> None:
         return
     # Module.compile() compiles in place and keeps the UNet2DConditionModel type, so
     # from_pipe type checks and load_lora_weights keep working on the compiled UNet.
+    if cfg._compile_backend is not None:  # tests: trace with dynamo, skip inductor
+        pipe.unet.compile(backend=cfg._compile_backend, fullgraph=False)
+        return
     pipe.unet.compile(mode=COMPILE_MODE, fullgraph=False)
 
 
@@ -256,7 +276,9 @@ def warmup(pipe: Any, width: int, height: int, *, guidance: float = 5.0) -> None
     import time
 
     start = time.perf_counter()
-    with torch.inference_mode():
+    # no_grad, as diffusers' own __call__ uses: a graph compiled under inference_mode has
+    # other dispatch keys, and the first real request would compile all over again.
+    with torch.no_grad():
         pipe(prompt="warmup", num_inference_steps=2, width=width, height=height,
              guidance_scale=guidance, output_type="np",
              generator=torch.Generator("cpu").manual_seed(0))

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pixelmill import __version__
-from pixelmill.domain import GeneratedImage, GenerationRequest, JobResult, Mode
-from pixelmill.engine.generation import run_batch
+from pixelmill.domain import GeneratedImage, GenerationRequest, JobResult, Mode, OutputFormat
+from pixelmill.engine.generation import prompt_length_groups, run_batch
 from pixelmill.engine.imageio import a1111_parameters, encode_image
 from pixelmill.engine.models import ModelSource, load_source, resolve_source
 from pixelmill.errors import GenerationFailed, ModelUnavailable, PixelmillError
@@ -52,10 +52,11 @@ def _quiet_libraries() -> None:
 
 
 class Engine:
-    """Owns the device and the loaded model; runs one generation at a time."""
+    """Owns the device and the loaded models; runs one generation at a time."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry):
         from pixelmill.engine.device import select_device
+        from pixelmill.engine.model_cache import ModelCache
 
         _quiet_libraries()
         self.settings = settings
@@ -66,24 +67,43 @@ class Engine:
             vae_tiling=settings.vae_tiling,
             vae_slicing=settings.vae_slicing,
             compile=settings.compile,
+            lora_max_rank=settings.lora_max_rank,
         )
-        self._pipes = None  # PipelineSet of the loaded model
-        self._source: ModelSource | None = None
+        self._models = ModelCache(int(settings.model_cache_gb * 1e9), self._load_model, self._estimate)
+        self._default: ModelSource | None = None  # what requests without a model get
+        self._native_size: tuple[int, int] | None = None
         self.demo = False
+        self._extras = self._make_extras()
+
+    def _make_extras(self):
+        from pixelmill.engine.control import ControlNetCache
+        from pixelmill.engine.generation import EngineExtras
+        from pixelmill.engine.refiner import RefinerCache
+
+        return EngineExtras(
+            controlnets=ControlNetCache(self.registry, self.device, self.settings.controlnet_cache_size),
+            refiners=RefinerCache(self.registry, self.device),
+        )
 
     # ------------------------------------------------------------------ loading
     def start(self) -> EngineInfo:
         """Load the default model (falling back to the demo model if none was chosen)."""
         self.registry.refresh()
         if self.settings.model:
-            self._load(resolve_source(self.settings.model, self.registry))
+            self._set_default(resolve_source(self.settings.model, self.registry))
         else:
             self._load_default_or_demo()
         return self.info
 
+    def _set_default(self, source: ModelSource) -> None:
+        model = self._models.get(source)
+        self._default = source
+        self._native_size = model.pipes.native_size
+        self.demo = source.name == DEMO_MODEL
+
     def _load_default_or_demo(self) -> None:
         try:
-            self._load(ModelSource(DEFAULT_HUB_MODEL, "hub", DEFAULT_HUB_MODEL))
+            self._set_default(ModelSource(DEFAULT_HUB_MODEL, "hub", DEFAULT_HUB_MODEL))
             return
         except ModelUnavailable as exc:
             log.warning(
@@ -92,8 +112,7 @@ class Engine:
                 "  Set --model / PIXELMILL_MODEL to a checkpoint to serve real images.\n%s",
                 "!" * 78, DEFAULT_HUB_MODEL, exc.message, "!" * 78,
             )
-        self._load(self._demo_source())
-        self.demo = True
+        self._set_default(self._demo_source())
 
     def _demo_source(self) -> ModelSource:
         entry = self.registry.find(ModelKind.checkpoint, DEMO_MODEL)
@@ -107,51 +126,79 @@ class Engine:
             return ModelSource(DEMO_MODEL, "folder", str(target / "checkpoints" / DEMO_MODEL))
         return ModelSource(entry.name, "folder", str(entry.path))
 
-    def _load(self, source: ModelSource) -> None:
+    def _load_model(self, source: ModelSource):
+        from pixelmill.engine.adapters import LoraCache
+        from pixelmill.engine.model_cache import LoadedModel, module_bytes
         from pixelmill.engine.pipelines import PipelineSet
 
-        if self._source == source:
-            return
-        self.unload()
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         pipe = load_source(source, self.device, local_files_only=offline)
-        self._pipes = PipelineSet(pipe, source.name, self.device)
+        pipes = PipelineSet(pipe, source.name, self.device)
         if self.device.compile:
             from pixelmill.engine.device import warmup
 
-            warmup(pipe, *self._pipes.native_size)  # compile now, not on the first request
-        self._source = source
-        self.demo = source.name == DEMO_MODEL
+            warmup(pipe, *pipes.native_size)  # compile now, not on the first request
+        loras = LoraCache(pipe, source.name, self.registry, max_count=self.settings.lora_cache_size,
+                          max_bytes=int(self.settings.lora_cache_mb * 1e6),
+                          hotswap_rank=self.device.lora_max_rank if self.device.lora_hotswap else None)
         log.info("model %s ready on %s (%s)", source.name, self.device.device, self.device.dtype)
+        return LoadedModel(source, pipes, loras, module_bytes(pipe),
+                           on_close=lambda: self._extras.refiners.release(pipe))
+
+    def _estimate(self, source: ModelSource) -> int:
+        """Bytes a model will take once loaded, guessed from its files (0 if unknown)."""
+        if source.kind == "hub":
+            return 0
+        entry = self.registry.find(ModelKind.checkpoint, source.name)
+        return entry.size_bytes if entry is not None else 0
 
     def unload(self) -> None:
-        """Free the loaded model's memory."""
-        if self._pipes is not None:
-            self._pipes.close()
-        self._pipes, self._source = None, None
+        """Free every loaded model's memory (and the ControlNets and refiners)."""
+        self._models.close()
+        self._extras.controlnets.close()
+        self._extras.refiners.close()
+
+    @property
+    def loaded_models(self) -> list[str]:
+        """Names of the loaded checkpoints, least recently used first."""
+        return [source.name for source in self._models.loaded]
 
     @property
     def info(self) -> EngineInfo:
-        if self._pipes is None or self._source is None:
+        if self._default is None or self._native_size is None:
             raise ModelUnavailable("no model is loaded yet")
         return EngineInfo(
-            model=self._source.name,
+            model=self._default.name,
             demo=self.demo,
             device=self.device.device,
             dtype=str(self.device.dtype).removeprefix("torch."),
-            native_size=self._pipes.native_size,
+            native_size=self._native_size,
         )
 
     def model_for(self, requested: str | None) -> ModelSource:
-        """The model a request means: the loaded one, an alias of it, or a registry name."""
-        if self._source is None:
+        """The model a request means: the default one, an alias of it, or a registry name."""
+        if self._default is None:
             raise ModelUnavailable("no model is loaded yet")
-        if requested in (None, "", self._source.name) or requested in self.settings.model_aliases:
-            return self._source
+        if requested in (None, "", self._default.name) or requested in self.settings.model_aliases:
+            return self._default
         if requested in self.settings.default_model_names:
-            return self._source  # the default model, or the demo it fell back to
+            return self._default  # the default model, or the demo it fell back to
         entry = self.registry.resolve(ModelKind.checkpoint, requested, param="model")
         return ModelSource(entry.name, "single_file" if entry.single_file else "folder", str(entry.path))
+
+    def _refresh_for(self, request: GenerationRequest) -> None:
+        """Re-scan the models directory once when a request names something not seen yet.
+
+        Workers on other hosts (or an upload through the API) add files after this
+        process scanned; a miss re-scans instead of failing.
+        """
+        wanted = [(ModelKind.lora, lora.name) for lora in request.loras]
+        wanted += [(ModelKind.controlnet, control.name) for control in request.controlnets]
+        if request.model and request.model != (self._default.name if self._default else None):
+            if request.model not in self.settings.model_aliases and request.model not in self.settings.default_model_names:
+                wanted.append((ModelKind.checkpoint, request.model))
+        if any(self.registry.find(kind, name) is None for kind, name in wanted):
+            self.registry.refresh()
 
     # --------------------------------------------------------------- generation
     def generate(
@@ -175,11 +222,13 @@ class Engine:
 
         Each result's ``gpu_seconds`` is its share of the call's wall time, by images.
         """
-        self._load(self.model_for(requests[0].model))
-        assert self._pipes is not None and self._source is not None
+        head = requests[0]
+        self._refresh_for(head)
+        model = self._models.get(self.model_for(head.model))
         started = time.perf_counter()
         try:
-            outputs = run_batch(self._pipes, requests, on_progress=on_progress, is_canceled=is_canceled)
+            model.loras.activate(head.loras)
+            outputs = self._run_groups(model.pipes, requests, on_progress, is_canceled)
         except PixelmillError:
             raise
         except Exception as exc:  # a diffusers/torch failure is a server fault, not the caller's
@@ -187,14 +236,27 @@ class Engine:
             raise self._as_failure(exc) from exc
         elapsed = time.perf_counter() - started
         total_images = sum(r.n for r in requests)
+        name = model.source.name
         return [
             JobResult(
-                images=[self._encode(request, output.sampler, img, seed) for img, seed in zip(output.images, output.seeds)],
-                seed=output.seeds[0], model=self._source.name, width=output.width, height=output.height,
+                images=[self._encode(request, name, output.sampler, img, seed)
+                        for img, seed in zip(output.images, output.seeds)],
+                control_images=[self._encode_control(img) for img in output.control_images],
+                seed=output.seeds[0], model=name, width=output.width, height=output.height,
                 steps=request.steps, sampler=output.sampler, gpu_seconds=elapsed * request.n / total_images,
             )
             for request, output in zip(requests, outputs)
         ]
+
+    def _run_groups(self, pipes, requests, on_progress, is_canceled) -> list:
+        """``run_batch`` per group of equal prompt length, outputs back in request order."""
+        groups = prompt_length_groups(pipes.base, requests) if len(requests) > 1 else [[0]]
+        outputs: list = [None] * len(requests)
+        for group in groups:
+            for index, output in zip(group, run_batch(pipes, [requests[i] for i in group], on_progress=on_progress,
+                                                      is_canceled=is_canceled, extras=self._extras)):
+                outputs[index] = output
+        return outputs
 
     @staticmethod
     def _as_failure(exc: Exception) -> PixelmillError:
@@ -202,7 +264,13 @@ class Engine:
             return GenerationFailed("the device ran out of memory; try a smaller size or n", code="out_of_memory")
         return GenerationFailed(f"generation failed: {type(exc).__name__}")
 
-    def _encode(self, request: GenerationRequest, sampler: str, image, seed: int) -> GeneratedImage:
+    @staticmethod
+    def _encode_control(image) -> GeneratedImage:
+        data = encode_image(image, OutputFormat.png)
+        return GeneratedImage(data=data, media_type=OutputFormat.png.media_type, seed=0,
+                              width=image.width, height=image.height)
+
+    def _encode(self, request: GenerationRequest, model: str, sampler: str, image, seed: int) -> GeneratedImage:
         extra: dict[str, object] = {}
         if request.mode is not Mode.txt2img:
             extra["Denoising strength"] = request.strength
@@ -214,7 +282,7 @@ class Engine:
         parameters = a1111_parameters(
             prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
             sampler=sampler, cfg_scale=request.guidance, seed=seed, width=image.width,
-            height=image.height, model=self._source.name if self._source else "", extra=extra,
+            height=image.height, model=model, extra=extra,
         )
         data = encode_image(image, request.output_format, quality=request.output_quality, parameters=parameters)
         return GeneratedImage(

@@ -8,7 +8,7 @@ and CUDA draw the same initial noise.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,9 @@ from pixelmill.domain import SEED_SPACE, GenerationRequest, Mode, resolve_seed
 from pixelmill.engine.device import nan_guard
 from pixelmill.engine.imageio import open_png
 from pixelmill.engine.masks import blur_mask, outpaint_canvas, paste_back
+from pixelmill.engine.prompts import chunk_count, encode_prompts
 from pixelmill.engine.schedulers import sampler_label, use_scheduler
-from pixelmill.errors import GenerationCanceled
+from pixelmill.errors import GenerationCanceled, GenerationFailed
 
 
 @dataclass
@@ -32,6 +33,7 @@ class PipelineOutput:
     sampler: str
     width: int
     height: int
+    control_images: list[Image.Image] = field(default_factory=list)
 
 
 def _round8(value: int) -> int:
@@ -48,16 +50,30 @@ def target_size(request: GenerationRequest, native: tuple[int, int]) -> tuple[in
     return native
 
 
-def _step_callback(on_progress, is_canceled) -> Callable:
+def _step_callback(on_progress, is_canceled, *, offset: int = 0, total: int | None = None) -> Callable:
+    """A ``callback_on_step_end`` reporting progress and stopping on cancel.
+
+    With a refiner the base and the refiner each run part of the schedule; ``offset``
+    and ``total`` make their steps one count for the client.
+    """
     def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
         if on_progress is not None:
-            on_progress(step + 1, pipe.num_timesteps)
+            done = offset + step + 1
+            on_progress(done, max(total or 0, done, pipe.num_timesteps + offset))
         if is_canceled is not None and is_canceled():
             # Raising aborts the denoising loop at once; nothing is decoded or returned.
             raise GenerationCanceled("generation canceled")
         return callback_kwargs
 
     return on_step_end
+
+
+@dataclass
+class EngineExtras:
+    """Engine-wide caches a generation may need besides the base model's pipelines."""
+
+    controlnets: Any  # pixelmill.engine.control.ControlNetCache
+    refiners: Any  # pixelmill.engine.refiner.RefinerCache
 
 
 @dataclass
@@ -85,7 +101,8 @@ def _mode_inputs(request: GenerationRequest, width: int, height: int) -> _ModeIn
     return _ModeInputs(kwargs, original=image, mask=mask)
 
 
-def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_canceled=None) -> list[PipelineOutput]:
+def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_canceled=None,
+              extras: EngineExtras | None = None) -> list[PipelineOutput]:
     """Run compatible ``requests`` (same :func:`pixelmill.batching.batch_key`) in one pipeline call.
 
     Every image gets its own prompt, negative prompt and seeded generator, so an image is
@@ -95,10 +112,15 @@ def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_
     width, height = target_size(head, pipes.native_size)
     seeds = [[(resolve_seed(r.seed) + i) % SEED_SPACE for i in range(r.n)] for r in requests]
     inputs = [_mode_inputs(r, width, height) for r in requests]
-    pipe = pipes.get(head.mode)
+    pipe, control_kwargs, control_images = _pipeline_for(pipes, head, width, height, extras)
+    progress_total = _progress_total(head)
     with use_scheduler(pipe, head.scheduler):
-        result = _call(pipe, requests, width, height, seeds, inputs, on_progress, is_canceled)
-    arrays = np.asarray(result.images)
+        result = _call(pipe, requests, width, height, seeds, inputs,
+                       _step_callback(on_progress, is_canceled, total=progress_total), control_kwargs)
+    if head.refiner is not None:
+        arrays = _refine(pipes, pipe, requests, seeds, result.images, extras, on_progress, is_canceled)
+    else:
+        arrays = np.asarray(result.images)
     nan_guard(arrays)
     images = iter(pipe.image_processor.numpy_to_pil(arrays))
     label = sampler_label(head.scheduler, pipes.scheduler_config)
@@ -107,8 +129,79 @@ def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_
         mine = [next(images) for _ in request_seeds]
         if request_inputs.original is not None:
             mine = [paste_back(request_inputs.original, img, request_inputs.mask, blur=request.mask_blur) for img in mine]
-        outputs.append(PipelineOutput(mine, request_seeds, label, width, height))
+        controls = control_images if request.return_control_images else []
+        outputs.append(PipelineOutput(mine, request_seeds, label, width, height, controls))
     return outputs
+
+
+def _progress_total(request: GenerationRequest) -> int | None:
+    """Steps the client will see in all: known up front only for txt2img."""
+    return request.steps if request.mode is Mode.txt2img else None
+
+
+def _pipeline_for(pipes, head: GenerationRequest, width: int, height: int, extras: EngineExtras | None):
+    """The pipeline for ``head`` and, with ControlNets, its control kwargs and images."""
+    if not head.controlnets:
+        return pipes.get(head.mode), {}, []
+    from pixelmill.engine.control import preprocess
+
+    if extras is None:
+        raise GenerationFailed("ControlNets need the engine's ControlNet cache")
+    specs = head.controlnets
+    model = extras.controlnets.get(tuple(c.name for c in specs), pipes.base.unet.config)
+    pipe = pipes.get_controlnet(head.mode, model)
+    images = [preprocess(c.image, c.preprocess, (width, height)) for c in specs]
+    several = len(specs) > 1
+
+    def per_net(values: list):
+        return values if several else values[0]
+
+    # txt2img ControlNet pipelines take the control image as ``image``; img2img and
+    # inpaint ones use ``image`` for the init image and ``control_image`` for control.
+    image_kw = "image" if head.mode is Mode.txt2img else "control_image"
+    kwargs = {
+        image_kw: per_net(images),
+        # Always explicit: the img2img ControlNet pipeline's default scale is 0.8, not 1.
+        "controlnet_conditioning_scale": per_net([c.scale for c in specs]),
+        "control_guidance_start": per_net([c.start for c in specs]),
+        "control_guidance_end": per_net([c.end for c in specs]),
+    }
+    return pipe, kwargs, images
+
+
+def _refine(pipes, base_pipe, requests, seeds, latents, extras: EngineExtras | None, on_progress, is_canceled):
+    """Finish the base's latents with the request's refiner (ensemble of experts)."""
+    from pixelmill.engine.prompts import encode_prompts_refiner
+    from pixelmill.engine.refiner import refine, text_lora_disabled
+
+    if extras is None:
+        raise GenerationFailed("a refiner needs the engine's refiner cache")
+    head = requests[0]
+    refiner = pipes.place(extras.refiners.get(head.refiner.name, pipes.base))
+    done = base_pipe.num_timesteps
+    with text_lora_disabled(refiner.text_encoder_2):  # as refine() itself encodes strings
+        text = _prompt_kwargs(encode_prompts_refiner, refiner, requests, seeds)
+    return refine(
+        refiner, latents, text=text,
+        steps=head.steps, switch_at=head.refiner.switch_at, guidance=head.guidance,
+        generators=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
+        scheduler=head.scheduler, clip_skip=head.clip_skip,
+        callback_on_step_end=_step_callback(on_progress, is_canceled, offset=done, total=_progress_total(head)),
+    )
+
+
+def _prompt_kwargs(encode, pipe, requests: list[GenerationRequest], seeds: list[list[int]]) -> dict[str, Any]:
+    """Per-image prompts for ``pipe``: plain strings, or embeddings when any prompt uses
+    A1111 weighting or is longer than one 77-token chunk (compel, see engine/prompts.py)."""
+    head = requests[0]
+    prompts = _per_image([r.prompt for r in requests], seeds)
+    # SDXL encodes "no negative prompt" as zeros, not as the empty string; requests in a
+    # batch agree on whether they have one (batch key), so None keeps that behaviour.
+    negatives = _per_image([r.negative_prompt for r in requests], seeds) if head.negative_prompt else None
+    embeds = encode(pipe, prompts, negatives, clip_skip=head.clip_skip)
+    if embeds is None:
+        return {"prompt": prompts, "negative_prompt": negatives}
+    return embeds.pipeline_kwargs()
 
 
 def _per_image(values: list, seeds: list[list[int]]) -> list:
@@ -116,22 +209,38 @@ def _per_image(values: list, seeds: list[list[int]]) -> list:
     return [value for value, request_seeds in zip(values, seeds) for _ in request_seeds]
 
 
+def prompt_length_groups(pipe, requests: list[GenerationRequest]) -> list[list[int]]:
+    """Indices of ``requests`` grouped by how many 77-token chunks their prompts need.
+
+    Embeddings of one call are padded to the longest row, and padding changes a short
+    prompt's image; running each length as its own call keeps "same image alone or
+    batched". Almost always one group.
+    """
+    groups: dict[int, list[int]] = {}
+    for index, request in enumerate(requests):
+        chunks = max(chunk_count(pipe, request.prompt), chunk_count(pipe, request.negative_prompt))
+        groups.setdefault(chunks, []).append(index)
+    return list(groups.values())
+
+
 def _call(pipe, requests: list[GenerationRequest], width: int, height: int, seeds: list[list[int]],
-          inputs: list[_ModeInputs], on_progress, is_canceled):
+          inputs: list[_ModeInputs], callback, extra_kwargs: dict):
     head = requests[0]
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(extra_kwargs)
     for name in ("image", "mask_image"):
         if name in inputs[0].kwargs:
             kwargs[name] = _per_image([i.kwargs[name] for i in inputs], seeds)
     if head.mode is not Mode.txt2img:
         kwargs["strength"] = head.strength
-    # SDXL encodes "no negative prompt" as zeros, not as the empty string; requests in a
-    # batch agree on whether they have one (batch key), so None keeps that behaviour.
-    negatives = _per_image([r.negative_prompt for r in requests], seeds) if head.negative_prompt else None
+    if head.refiner is not None:
+        from pixelmill.engine.refiner import handoff_kwargs
+
+        kwargs |= handoff_kwargs(head.refiner.switch_at)  # latents out, the refiner decodes
+    else:
+        kwargs["output_type"] = "np"
     pipe.set_progress_bar_config(disable=True)  # progress goes to on_progress, not stderr
     return pipe(
-        prompt=_per_image([r.prompt for r in requests], seeds),
-        negative_prompt=negatives,
+        **_prompt_kwargs(encode_prompts, pipe, requests, seeds),
         width=width,
         height=height,
         num_inference_steps=head.steps,
@@ -139,7 +248,6 @@ def _call(pipe, requests: list[GenerationRequest], width: int, height: int, seed
         num_images_per_prompt=1,
         generator=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
         clip_skip=head.clip_skip,
-        output_type="np",
-        callback_on_step_end=_step_callback(on_progress, is_canceled),
+        callback_on_step_end=callback,
         **kwargs,
     )

@@ -121,6 +121,11 @@ class PipelineSet:
             _move(pipe.controlnet, self.cfg)
         return self._placed(pipe)
 
+    def place(self, pipe: Any) -> Any:
+        """Hand out a pipeline that shares this set's modules (e.g. a refiner) correctly
+        placed: with CPU offload (CUDA) its hooks are installed, the previous owner's removed."""
+        return self._placed(pipe)
+
     def _placed(self, pipe: Any) -> Any:
         if self.cfg.offload != "none" and self.cfg.is_cuda and pipe is not self._offload_owner:
             apply_placement(pipe, self.cfg)

@@ -56,6 +56,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     result_ids: Mapped[list] = mapped_column(sa.JSON, default=list)
     result_seeds: Mapped[list] = mapped_column(sa.JSON, default=list)
+    control_result_ids: Mapped[list | None] = mapped_column(sa.JSON)
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     webhook: Mapped[dict | None] = mapped_column(sa.JSON)
@@ -204,6 +205,7 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
         finished_at=utc_or_none(row["finished_at"]),
         result_ids=row["result_ids"] or [],
         result_seeds=row["result_seeds"] or [],
+        control_result_ids=row["control_result_ids"] or [],
         error=error,
         webhook=WebhookSpec.model_validate(row["webhook"]) if row["webhook"] else None,
         webhook_state=row["webhook_state"],
@@ -266,10 +268,16 @@ def claimed(worker: str, now: datetime, lease_s: float) -> dict[str, Any]:
             "progress_step": 0, "progress_total": 0}
 
 
-def succeeded(now: datetime, result_ids: list[str], seeds: list[int], **ledger: Any) -> dict[str, Any]:
-    """Values of a job that finished with results (``ledger``: gpu_seconds, sampler, width, height)."""
+def succeeded(now: datetime, result_ids: list[str], seeds: list[int], control_ids: list[str] = (),
+              **ledger: Any) -> dict[str, Any]:
+    """Values of a job that finished with results (``ledger``: gpu_seconds, sampler, width, height).
+
+    ``control_ids`` are the preprocessed control images, when the request asked for them;
+    they are not images the ledger counts.
+    """
     return {"status": "succeeded", "finished_at": now, "lease_expires_at": None,
             "result_ids": list(result_ids), "result_seeds": list(seeds), "images": len(result_ids),
+            "control_result_ids": list(control_ids) or None,
             "error_code": None, "error_message": None, **ledger}
 
 

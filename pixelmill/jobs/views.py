@@ -42,6 +42,7 @@ class JobPublic(BaseModel):
     finished_at: datetime | None = None
     worker: str | None = None
     results: list[ResultPublic] = Field(default_factory=list)
+    control_results: list[ResultPublic] = Field(default_factory=list, description="Preprocessed control images.")
     error: JobError | None = None
     webhook_state: dict | None = None
     model: str | None = None
@@ -68,6 +69,7 @@ def job_public(job: JobRecord, *, base_url: str = "", queue_position: int | None
         progress=progress, attempt=job.attempt, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, worker=job.worker,
         results=[ResultPublic(url=file_url(base_url, fid), seed=seed) for fid, seed in zip(job.result_ids, job.result_seeds)],
+        control_results=[ResultPublic(url=file_url(base_url, fid), seed=0) for fid in job.control_result_ids],
         error=job.error, webhook_state=job.webhook_state, model=job.model, mode=job.mode,
         width=job.width, height=job.height, steps=job.steps, images=job.images, gpu_seconds=job.gpu_seconds,
     )

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
+import io
+import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from pixelmill.engine.models import resolve_source
 from pixelmill.errors import InvalidRequest, ModelUnavailable, NotFound
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.registry import PICKLE_SUFFIXES, ModelKind, ModelRegistry
 
 
 @pytest.fixture()
@@ -86,3 +90,151 @@ def test_operator_model_values(models, tmp_path):
         resolve_source(str(models / "checkpoints" / "evil.ckpt"), registry)
     with pytest.raises(NotFound):
         resolve_source("not a model", registry)
+
+
+# --- VAEs, refiners, counts ----------------------------------------------------------
+
+
+def _diffusers_folder(path: Path, marker: str, index: dict | None = None) -> None:
+    path.mkdir(parents=True)
+    (path / marker).write_text(json.dumps(index or {}))
+    (path / "weights.safetensors").write_bytes(b"w")
+
+
+def test_vae_folders_and_files_are_a_kind(models):
+    _diffusers_folder(models / "vae" / "sdxl-vae", "config.json")
+    (models / "vae" / "fp16-fix.safetensors").write_bytes(b"v")
+    (models / "vae" / "old.pt").write_bytes(b"pickle")
+    registry = ModelRegistry(models)
+    registry.refresh()
+    assert [e.name for e in registry.list(ModelKind.vae)] == ["fp16-fix", "sdxl-vae"]
+    assert registry.resolve(ModelKind.vae, "sdxl-vae", param="vae").listed_kind == "vae"
+
+
+def test_refiner_layout_lists_as_refiner_and_resolves_as_checkpoint(models):
+    te2 = ["transformers", "CLIPTextModelWithProjection"]
+    refiner_index = {"text_encoder": [None, None], "text_encoder_2": te2}
+    _diffusers_folder(models / "checkpoints" / "refiner", "model_index.json", refiner_index)
+    _diffusers_folder(models / "checkpoints" / "base", "model_index.json",
+                      {"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": te2})
+    registry = ModelRegistry(models)
+    registry.refresh()
+    kinds = {e.name: e.listed_kind for e in registry.list(ModelKind.checkpoint)}
+    assert kinds == {"base": "checkpoint", "good": "checkpoint", "refiner": "refiner", "single": "checkpoint"}
+    assert registry.resolve(ModelKind.checkpoint, "refiner", param="refiner").refiner
+    assert registry.counts() == {"checkpoint": 3, "refiner": 1, "lora": 1, "controlnet": 0, "vae": 0}
+
+
+def test_refresh_swaps_whole_tables_under_concurrent_readers(models):
+    registry = ModelRegistry(models)
+    registry.refresh()
+    failures = []
+
+    def read() -> None:
+        for _ in range(300):
+            if [e.name for e in registry.list(ModelKind.checkpoint)] != ["good", "single"]:
+                failures.append("partial listing")
+            registry.resolve(ModelKind.lora, "style", param="loras")
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    for _ in range(100):
+        registry.refresh()
+    for thread in readers:
+        thread.join()
+    assert not failures
+
+
+# --- storing uploads -----------------------------------------------------------------
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_store_lora_checks_a_hidden_temp_file_then_renames(models):
+    registry = ModelRegistry(models)
+    registry.refresh()
+    seen = []
+
+    def check(path: Path) -> None:
+        seen.append((path.parent, path.name, path.read_bytes()))
+        assert registry.find(ModelKind.lora, "new") is None  # not visible while being checked
+
+    entry = registry.store_lora("new", b"lora-bytes", check=check)
+    folder, temp_name, data = seen[0]
+    assert folder == models / "loras" and temp_name.startswith(".") and not temp_name.endswith(".safetensors")
+    assert data == b"lora-bytes" and entry.path == models / "loras" / "new.safetensors"
+    assert registry.find(ModelKind.lora, "new") == entry  # refreshed
+    expected = ["escape.safetensors", "new.safetensors", "old.pt", "style.safetensors"]
+    assert _listing(models / "loras") == expected
+
+
+def test_a_failed_check_stores_nothing(models):
+    registry = ModelRegistry(models)
+    registry.refresh()
+    before = _listing(models / "loras")
+
+    def refuse(path: Path) -> None:
+        raise InvalidRequest("bad LoRA", param="file")
+
+    with pytest.raises(InvalidRequest) as info:
+        registry.store_lora("new", b"x", check=refuse)
+    assert info.value.param == "file" and _listing(models / "loras") == before
+
+
+def test_existing_name_needs_overwrite(models):
+    registry = ModelRegistry(models)
+    registry.refresh()
+    with pytest.raises(InvalidRequest, match="overwrite") as info:
+        registry.store_lora("style", b"new")
+    assert info.value.param == "name" and (models / "loras" / "style.safetensors").read_bytes() == b"z"
+    registry.store_lora("style.safetensors", b"new", overwrite=True)
+    assert (models / "loras" / "style.safetensors").read_bytes() == b"new"
+
+
+def test_overwriting_an_escaping_symlink_replaces_the_link_not_its_target(models):
+    registry = ModelRegistry(models)
+    registry.refresh()
+    outside = models.parent / f"{models.name}-outside.safetensors"
+    registry.store_lora("escape", b"mine", overwrite=True)
+    assert outside.read_bytes() == b"secret"
+    link = models / "loras" / "escape.safetensors"
+    assert not link.is_symlink() and link.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "../../etc/cron.d/x", "/tmp/x", "%2e%2e%2fx", "..%2Fx", "a\\b", "..\\x", "x/y", "", ".x",
+             "evil.ckpt", "evil.pt"],
+)
+def test_store_refuses_unsafe_names_before_writing(models, name):
+    registry = ModelRegistry(models)
+    registry.refresh()
+    def files() -> set[Path]:
+        # Everything under the models dir, and what sits next to it (where "../x" would land);
+        # not the rest of pytest's temp dir, where other tests' servers keep writing.
+        return {*models.rglob("*"), *models.parent.iterdir()}
+
+    before = files()
+    with pytest.raises(InvalidRequest) as info:
+        registry.store_lora(name, b"data", check=lambda path: pytest.fail("checked an unsafe name"))
+    assert info.value.param == "name"
+    assert files() == before
+
+
+def test_pickle_files_are_never_opened_by_the_registry(models, monkeypatch):
+    real_open = io.open
+
+    def guarded(file, *args, **kwargs):
+        assert Path(str(file)).suffix not in PICKLE_SUFFIXES, f"opened {file}"
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(io, "open", guarded)
+    registry = ModelRegistry(models)
+    registry.refresh()
+    for kind in ModelKind:
+        for name in ("evil", "evil.ckpt", "old", "old.pt", "pickled", "weights.bin"):
+            with pytest.raises((InvalidRequest, NotFound)):
+                registry.resolve(kind, name, param="model")

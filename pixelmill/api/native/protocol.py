@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixelmill.api.adapters_wire import AdapterFields
 from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
 from pixelmill.engine.imageio import decode_upload, reencode_png
 from pixelmill.engine.masks import prepare_inpaint
@@ -28,7 +29,7 @@ def decode_base64_image(value: str, *, param: str, settings: Settings):
     return decode_upload(data, param=param, max_pixels=settings.max_upload_pixels)
 
 
-class GenerationCreate(BaseModel):
+class GenerationCreate(AdapterFields):
     """Body of ``POST /v1/generate``: all engine parameters, images as base64 or data URLs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -53,7 +54,8 @@ class GenerationCreate(BaseModel):
     output_quality: int | None = None
 
     def to_request(self, settings: Settings) -> GenerationRequest:
-        fields = self.model_dump(exclude={"image", "mask", "steps", "guidance"})
+        fields = self.model_dump(exclude={"image", "mask", "steps", "guidance", *AdapterFields.model_fields})
+        fields |= self.adapter_fields(settings)
         fields["steps"] = self.steps or settings.default_steps
         fields["guidance"] = settings.default_guidance if self.guidance is None else self.guidance
         if self.image is not None:
@@ -81,6 +83,7 @@ class GenerationPublic(BaseModel):
 
     job_id: str
     images: list[ImagePublic]
+    control_images: list[ImagePublic] = Field([], description="Preprocessed control images, if asked for.")
     seed: int
     model: str | None
     width: int | None
@@ -90,8 +93,13 @@ class GenerationPublic(BaseModel):
     gpu_seconds: float | None
 
     @classmethod
-    def from_job(cls, job: JobRecord, images: list[bytes]) -> "GenerationPublic":
+    def from_job(cls, job: JobRecord, images: list[bytes], control_images: list[bytes] = ()) -> "GenerationPublic":
         media_type = job.request.output_format.media_type
+        controls = [
+            ImagePublic(b64_json=base64.b64encode(data).decode(), media_type="image/png", seed=0,
+                        width=job.width or 0, height=job.height or 0)
+            for data in control_images
+        ]
         items = [
             ImagePublic(
                 b64_json=base64.b64encode(data).decode(), media_type=media_type,
@@ -100,7 +108,7 @@ class GenerationPublic(BaseModel):
             for data, seed in zip(images, job.result_seeds)
         ]
         return cls(
-            job_id=job.id, images=items, seed=job.result_seeds[0] if job.result_seeds else job.request.seed,
+            job_id=job.id, images=items, control_images=controls, seed=job.result_seeds[0] if job.result_seeds else job.request.seed,
             model=job.model, width=job.width, height=job.height, steps=job.steps,
             sampler=job.sampler, gpu_seconds=job.gpu_seconds,
         )

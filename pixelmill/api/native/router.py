@@ -27,7 +27,8 @@ router = APIRouter(prefix="/v1", tags=["Native"], dependencies=[Depends(current_
 
 async def _public(services: Services, job: JobRecord) -> GenerationPublic:
     images = [await services.read_result(file_id) for file_id in job.result_ids]
-    return GenerationPublic.from_job(job, images)
+    controls = [await services.read_result(file_id) for file_id in job.control_result_ids]
+    return GenerationPublic.from_job(job, images, controls)
 
 
 async def _stream(services: Services, job: JobRecord, base_url: str, request_id: str | None) -> AsyncIterator[bytes]:

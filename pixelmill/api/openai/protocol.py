@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixelmill.api.adapters_wire import AdapterFields
 from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat
 from pixelmill.errors import InvalidRequest
 from pixelmill.settings import Settings
@@ -44,7 +45,7 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(match[1]), int(match[2])
 
 
-class _Common(BaseModel):
+class _Common(AdapterFields):
     """Fields shared by generations, edits and variations."""
 
     model_config = ConfigDict(extra="ignore")
@@ -80,6 +81,7 @@ class _Common(BaseModel):
             "clip_skip": self.clip_skip,
             "output_format": self.output_format,
             "output_quality": self.output_compression or None,
+            **self.adapter_fields(settings),
         }
 
 
@@ -146,10 +148,14 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
     size: str
     output_format: OutputFormat
+    control_images: list[ImageData] | None = Field(
+        None, description="pixelmill extension: preprocessed control images (return_control_images).")
 
 
-def render_response(job: JobRecord, *, images: list[bytes] | None = None, urls: list[str] | None = None) -> ImagesResponse:
-    """OpenAI's response for a finished job: base64 ``images`` or download ``urls``."""
+def render_response(job: JobRecord, *, images: list[bytes] | None = None, urls: list[str] | None = None,
+                    control_images: list[bytes] | None = None, control_urls: list[str] | None = None) -> ImagesResponse:
+    """OpenAI's response for a finished job: base64 ``images`` or download ``urls``
+    (and the control images the same way, when the request asked for them)."""
     data = [
         ImageData(
             b64_json=base64.b64encode(images[i]).decode() if images is not None else None,
@@ -159,7 +165,11 @@ def render_response(job: JobRecord, *, images: list[bytes] | None = None, urls: 
         )
         for i, seed in enumerate(job.result_seeds)
     ]
+    controls = None
+    if control_images or control_urls:
+        controls = [ImageData(b64_json=base64.b64encode(data).decode(), seed=0) for data in control_images or []]
+        controls += [ImageData(url=url, seed=0) for url in control_urls or []]
     return ImagesResponse(
-        created=int(time.time()), data=data,
+        created=int(time.time()), data=data, control_images=controls,
         size=f"{job.width}x{job.height}", output_format=job.request.output_format,
     )

@@ -56,8 +56,10 @@ async def _respond(
     with wire_params(PARAM_NAMES):
         job = await services.jobs.run(request, **who.submit_args())
     if response_format == "url":
-        return render_response(job, urls=[file_url(base_url, file_id) for file_id in job.result_ids])
-    return render_response(job, images=[await services.read_result(file_id) for file_id in job.result_ids])
+        return render_response(job, urls=[file_url(base_url, file_id) for file_id in job.result_ids],
+                               control_urls=[file_url(base_url, file_id) for file_id in job.control_result_ids])
+    return render_response(job, images=[await services.read_result(file_id) for file_id in job.result_ids],
+                           control_images=[await services.read_result(file_id) for file_id in job.control_result_ids])
 
 
 def _parse_form(model: type, fields: dict):
@@ -129,8 +131,13 @@ async def create_variation(
 
 @router.get("/models")
 async def list_models(services: ServicesDep) -> dict:
-    """Models this server can serve, in OpenAI's list shape."""
-    names = [entry.name for entry in services.registry.list(ModelKind.checkpoint)]
+    """Models this server can serve, in OpenAI's list shape.
+
+    Each entry adds pixelmill's ``kind`` (``checkpoint`` or ``refiner``) and ``size_bytes``
+    (None for a model that is not in the models directory, e.g. a hub id).
+    """
+    entries = {entry.name: entry for entry in services.registry.list(ModelKind.checkpoint)}
+    names = list(entries)
     if services.runner is not None:
         try:
             loaded = services.runner.engine.info.model
@@ -140,5 +147,12 @@ async def list_models(services: ServicesDep) -> dict:
     created = int(time.time())
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": created, "owned_by": "pixelmill"} for name in names],
+        "data": [
+            {
+                "id": name, "object": "model", "created": created, "owned_by": "pixelmill",
+                "kind": entries[name].listed_kind if name in entries else "checkpoint",
+                "size_bytes": entries[name].size_bytes if name in entries else None,
+            }
+            for name in names
+        ],
     }

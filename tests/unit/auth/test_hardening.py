@@ -95,8 +95,10 @@ def test_no_route_takes_a_url_or_a_file_name_except_webhooks(make_app):
         for field in component.get("properties", {}):
             if any(word in field.lower() for word in ("url", "uri", "path", "file", "href")):
                 urlish.add(f"{name}.{field}")
+    # ``single_file`` is a boolean in model listings (responses), not a file name.
     assert urlish <= {"JobCreate.webhook", "BatchCreate.webhook", "ResultPublic.url",
-                      "ImagesResponse.url", "ImageData.url"}, urlish
+                      "ImagesResponse.url", "ImageData.url", "LoraPublic.single_file",
+                      "ModelFilePublic.single_file"}, urlish
 
 
 def test_a_500s_request_id_is_in_the_log_with_the_traceback(make_app, caplog):

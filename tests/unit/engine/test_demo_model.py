@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pixelmill.domain import Mode
-from pixelmill.engine.demo import SIZES, write_demo_models
+from pixelmill.engine.demo import DEMO_REFINER_NAME, SIZES, write_demo_models
 
 
 def _run(pipe, seed=7, **kwargs):
@@ -36,6 +36,7 @@ def test_layout_matches_a_models_directory(models_dir):
     assert (models_dir / "checkpoints" / "demo" / "model_index.json").is_file()
     assert (models_dir / "loras" / "demo-style.safetensors").is_file()
     assert (models_dir / "controlnets" / "demo-canny" / "config.json").is_file()
+    assert (models_dir / "checkpoints" / DEMO_REFINER_NAME / "model_index.json").is_file()
     assert not list(models_dir.rglob("*.bin")), "only safetensors are written"
 
 
@@ -102,3 +103,42 @@ def test_sizes_table_is_consistent():
     for spec in SIZES.values():
         assert spec.te_layers >= 2  # SDXL reads the penultimate hidden state
         assert all(c % spec.norm_groups == 0 for c in spec.unet_channels)
+
+
+def test_refiner_folder_is_an_sdxl_refiner_sharing_the_bases_files(models_dir):
+    base, refiner = models_dir / "checkpoints" / "demo", models_dir / "checkpoints" / DEMO_REFINER_NAME
+    index = json.loads((refiner / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLImg2ImgPipeline"
+    assert index["text_encoder"] == [None, None] and index["tokenizer"] == [None, None]
+    assert index["requires_aesthetics_score"] is True
+    assert not (refiner / "text_encoder").exists() and not (refiner / "tokenizer").exists()
+    # Sharing the base's objects at load time is honest: the files are the same bytes.
+    hashes = _hashes(refiner)
+    for sub in ("text_encoder_2", "tokenizer_2", "vae"):
+        shared = {k: v for k, v in hashes.items() if k.startswith(sub + "/")}
+        assert shared and all(_hashes(base)[k] == v for k, v in shared.items()), sub
+    assert hashes["unet/diffusion_pytorch_model.safetensors"] != \
+        _hashes(base)["unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_refiner_unet_is_refiner_shaped_for_every_size():
+    from pixelmill.engine.demo import _unet
+
+    for spec in SIZES.values():
+        unet = _unet(spec, refiner=True)
+        assert unet.config.cross_attention_dim == spec.te2_hidden
+        assert unet.config.addition_embed_type == "text_time"
+        # pooled embeds + original size (2) + crop (2) + aesthetic score (1)
+        assert unet.add_embedding.linear_1.in_features == spec.projection_dim + 5 * spec.time_embed_dim
+
+
+def test_demo_refiner_loads_through_from_pretrained(models_dir):
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        models_dir / "checkpoints" / DEMO_REFINER_NAME, use_safetensors=True, local_files_only=True)
+    assert pipe.text_encoder is None and pipe.config.requires_aesthetics_score
+    init = Image.fromarray((np.random.RandomState(1).rand(64, 64, 3) * 255).astype("uint8"))
+    out = pipe("a small house", image=init, strength=0.5, num_inference_steps=4, output_type="np",
+               generator=torch.Generator().manual_seed(7)).images
+    assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()

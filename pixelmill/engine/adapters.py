@@ -1,0 +1,247 @@
+"""Per-request LoRA adapters: loaded once, kept resident, blended with per-request weights.
+
+A :class:`LoraCache` belongs to one loaded model (:class:`~pixelmill.engine.pipelines.PipelineSet`).
+Adapters are loaded with diffusers' ``load_lora_weights`` into the shared UNet and text
+encoders (so txt2img, img2img, inpaint and ControlNet pipelines all see them), and stay
+resident until the least recently used one has to make room (by count and by file size).
+Switching between resident adapters is ``set_adapters`` only: the file is not read again.
+
+A request without LoRAs runs with every adapter disabled (peft then calls the base layers
+directly), so it gets exactly the image a fresh server would give. A LoRA that is named
+but does not fit the model is an error for that request, never silently skipped.
+
+With a compiled UNet (``hotswap_rank`` set) the UNet parts are not peft adapters of their
+own but are copied into fixed slots instead, so that switching never recompiles; see
+:mod:`pixelmill.engine.hotswap`. The text encoders work as described above.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pixelmill.domain import LoraSpec
+from pixelmill.engine.hotswap import NotHotswappable, UnetLora, UnetSlots
+from pixelmill.errors import InvalidRequest, ModelUnavailable
+from pixelmill.registry import ModelKind, ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Resident:
+    """One adapter loaded into the model: its peft name and the file version it came from."""
+
+    adapter: str
+    version: tuple[int, int]  # (mtime_ns, size): an overwritten file is loaded afresh
+    size: int
+    unet: UnetLora | None = None  # hot-swap mode: the UNet part, kept on the CPU
+
+
+def _file_version(path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+class _UnexpectedKeys(logging.Handler):
+    """Collects diffusers' warnings about LoRA keys that matched nothing in the model."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "unexpected keys" in text.lower() or "no lora" in text.lower():
+            self.messages.append(text)
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    # peft warns about having several adapters and about deleting the active one:
+    # both are exactly what an adapter cache does.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*peft_config.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*was active which is now deleted.*", category=UserWarning)
+        yield
+
+
+@contextmanager
+def _watch_lora_warnings() -> Iterator[_UnexpectedKeys]:
+    # diffusers reports LoRA keys it could not place as a warning and carries on; for a
+    # server that is a silently ignored LoRA, so the warning is turned into an error.
+    handler = _UnexpectedKeys()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "peft")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(min(lg.level or logging.WARNING, logging.WARNING))
+    try:
+        yield handler
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+class LoraCache:
+    """LoRA adapters resident in one model, LRU by count and total file bytes."""
+
+    def __init__(self, pipe: Any, model_name: str, registry: ModelRegistry, *,
+                 max_count: int, max_bytes: int, hotswap_rank: int | None = None):
+        """``hotswap_rank`` (for a compiled UNet): hot-swap UNet parts into slots of that rank."""
+        self._pipe = pipe
+        self._model = model_name
+        self._registry = registry
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._resident: OrderedDict[str, _Resident] = OrderedDict()  # name -> adapter, LRU first
+        self._serial = 0
+        self._enabled: bool | None = False  # peft layers live? None = mixed (after a load)
+        self.loads = 0  # adapters read from disk, for tests and the benchmark
+        self._slots = UnetSlots(pipe.unet, hotswap_rank) if hotswap_rank is not None else None
+
+    @property
+    def resident(self) -> list[str]:
+        """Names of the resident adapters, least recently used first."""
+        return list(self._resident)
+
+    def activate(self, loras: tuple[LoraSpec, ...]) -> None:
+        """Make exactly ``loras`` (with their weights) active; everything else off.
+
+        Raises :class:`NotFound`/:class:`InvalidRequest` naming ``loras[i].name`` for a
+        LoRA that does not exist or does not fit this model.
+        """
+        active: list[tuple[_Resident, float]] = []
+        for index, spec in enumerate(loras):
+            resident = self._ensure_loaded(spec.name, param=f"loras[{index}].name", keep=loras)
+            if spec.weight != 0:  # weight 0 is "off": skipping it is exact, not approximate
+                active.append((resident, spec.weight))
+        if self._slots is not None:
+            self._activate_hotswap(active)
+            return
+        adapters = [resident.adapter for resident, _ in active]
+        weights = [weight for _, weight in active]
+        # ``_enabled`` is None after a load: peft leaves layers that were disabled before
+        # disabled and enables fresh ones, so the state is mixed until set explicitly.
+        if adapters:
+            if self._enabled is not True:
+                self._pipe.enable_lora()  # set_adapters alone does not undo disable_lora
+            self._pipe.set_adapters(adapters, adapter_weights=weights)
+            self._enabled = True
+        elif self._enabled is not False:
+            self._pipe.disable_lora()
+            self._enabled = False
+
+    def _activate_hotswap(self, active: list[tuple[_Resident, float]]) -> None:
+        """UNet parts into the slots; text-encoder parts as ordinary (uncompiled) adapters."""
+        from diffusers.loaders.lora_base import (
+            disable_lora_for_text_encoder,
+            enable_lora_for_text_encoder,
+            set_adapters_for_text_encoder,
+        )
+
+        self._slots.assign([(r.unet, w) for r, w in active if r.unet is not None and r.unet.layers])
+        for component in self._pipe._lora_loadable_modules:
+            encoder = getattr(self._pipe, component, None)
+            present = getattr(encoder, "peft_config", None) if component != "unet" else None
+            if not present:
+                continue
+            chosen = [(r.adapter, w) for r, w in active if r.adapter in present]
+            if chosen:
+                enable_lora_for_text_encoder(encoder)  # set_adapters alone does not undo a disable
+                set_adapters_for_text_encoder([a for a, _ in chosen], encoder, [w for _, w in chosen])
+            else:
+                disable_lora_for_text_encoder(encoder)
+
+    def _ensure_loaded(self, name: str, *, param: str, keep: tuple[LoraSpec, ...]) -> _Resident:
+        entry = self._registry.resolve(ModelKind.lora, name, param=param)
+        version = _file_version(entry.path)
+        resident = self._resident.get(name)
+        if resident is not None and resident.version == version:
+            self._resident.move_to_end(name)
+            return resident
+        if resident is not None:  # the file changed since it was loaded
+            self._delete(name)
+        self._make_room(entry.size_bytes, keep={spec.name for spec in keep})
+        adapter = self._load(entry.path, name, param=param)
+        unet = self._take_unet_part(adapter, name, param=param) if self._slots is not None else None
+        self._resident[name] = resident = _Resident(adapter, version, entry.size_bytes, unet)
+        return resident
+
+    def _take_unet_part(self, adapter: str, name: str, *, param: str) -> UnetLora:
+        """Hot-swap mode: move the just-loaded UNet part to the CPU and make the slots fit it."""
+        try:
+            unet = self._slots.take(adapter)
+        except NotHotswappable as exc:
+            self._discard(adapter)
+            raise InvalidRequest(f"LoRA {name!r} {exc}", param=param) from None
+        self._slots.cover(unet)
+        return unet
+
+    def _load(self, path, name: str, *, param: str) -> str:
+        self._serial += 1
+        adapter = f"pm{self._serial}"  # peft keys modules by adapter name: no '.' or '-'
+        if getattr(self._pipe, "fusing_unet", False):
+            # Fused QKV (CUDA) has no separate q/k/v layers for the LoRA to attach to.
+            self._pipe.unfuse_qkv_projections()
+        with _watch_lora_warnings() as caught, _quiet_peft():
+            try:
+                self._pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
+            except (ValueError, RuntimeError, KeyError) as exc:
+                self._discard(adapter)
+                raise InvalidRequest(f"LoRA {name!r} cannot be applied to model {self._model!r}: {exc}",
+                                     param=param) from None
+            except OSError as exc:
+                self._discard(adapter)
+                raise ModelUnavailable(f"LoRA {name!r} could not be read: {exc}", param=param) from None
+        if caught.messages or not self._is_loaded(adapter):
+            self._discard(adapter)
+            detail = caught.messages[0] if caught.messages else "none of its layers match the model"
+            raise InvalidRequest(f"LoRA {name!r} does not fit model {self._model!r}: {detail}", param=param)
+        self.loads += 1
+        self._enabled = None
+        log.info("model %s: loaded LoRA %s", self._model, name)
+        return adapter
+
+    def _is_loaded(self, adapter: str) -> bool:
+        return any(adapter in names for names in self._pipe.get_list_adapters().values())
+
+    def _make_room(self, size: int, *, keep: set[str]) -> None:
+        def over() -> bool:
+            used = sum(r.size for r in self._resident.values())
+            return len(self._resident) + 1 > self.max_count or used + size > self.max_bytes
+
+        for name in [n for n in self._resident if n not in keep]:
+            if not over():
+                break
+            self._delete(name)
+
+    def _delete(self, name: str) -> None:
+        resident = self._resident.pop(name)
+        self._discard(resident.adapter)
+        if self._slots is not None and resident.unet is not None:
+            self._slots.forget(resident.unet)
+        log.info("model %s: unloaded LoRA %s", self._model, name)
+
+    def _discard(self, adapter: str) -> None:
+        """Delete ``adapter`` from every component that has it, and free its memory."""
+        if self._is_loaded(adapter):
+            with _quiet_peft():
+                self._pipe.delete_adapters([adapter])
+        # No gc.collect() here: the adapter's tensors are freed by reference counting as
+        # peft drops them (the drift test proves it), and a full collection costs ~0.2 s.
+
+    def clear(self) -> None:
+        """Unload every adapter (the model stays loaded)."""
+        for name in list(self._resident):
+            self._delete(name)
+        self._enabled = False
+        gc.collect()

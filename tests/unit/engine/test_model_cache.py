@@ -1,0 +1,95 @@
+"""Several checkpoints: a request's model picks one; loaded models live in an LRU within a budget."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import shutil  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from pixelmill.domain import GenerationRequest  # noqa: E402
+from pixelmill.engine.engine import Engine  # noqa: E402
+from pixelmill.errors import NotFound  # noqa: E402
+from pixelmill.registry import ModelRegistry  # noqa: E402
+from pixelmill.settings import Settings  # noqa: E402
+from tests.support.images import decode, pixels  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(demo_models, tmp_path_factory):
+    """The demo models plus two more checkpoints (copies of the demo under other names)."""
+    root = tmp_path_factory.mktemp("many-models")
+    shutil.copytree(demo_models, root, dirs_exist_ok=True)
+    for name in ("second", "third"):
+        shutil.copytree(root / "checkpoints" / "demo", root / "checkpoints" / name)
+    return root
+
+
+def _engine(models, tmp_path_factory, **settings) -> Engine:
+    engine = Engine(Settings(models_dir=models, model="demo", data_dir=tmp_path_factory.mktemp("data"), **settings),
+                    ModelRegistry(models))
+    engine.start()
+    return engine
+
+
+def generate(engine: Engine, model: str | None):
+    return engine.generate(GenerationRequest(prompt="a cat", model=model, width=64, height=64, steps=1, seed=2))
+
+
+def test_the_request_picks_the_checkpoint(models, tmp_path_factory):
+    engine = _engine(models, tmp_path_factory)
+    result = generate(engine, "second")
+    assert result.model == "second"
+    assert engine.loaded_models == ["second"]  # budget 0: the default was freed first
+    # Same weights under another name: the same image.
+    assert np.array_equal(pixels(decode(result.images[0].data)), pixels(decode(generate(engine, None).images[0].data)))
+    assert engine.loaded_models == ["demo"]
+
+
+def test_models_stay_loaded_within_the_budget(models, tmp_path_factory):
+    engine = _engine(models, tmp_path_factory, model_cache_gb=1.0)
+    for name in ("second", "third", None, "second"):
+        generate(engine, name)
+    assert engine.loaded_models == ["third", "demo", "second"]
+
+
+def test_the_least_recently_used_model_goes_first(models, tmp_path_factory):
+    engine = _engine(models, tmp_path_factory)
+    one = engine._models.get(engine.model_for(None)).nbytes
+    engine._models.budget_bytes = int(one * 2.5)  # room for two
+    for name in ("second", None, "third"):
+        generate(engine, name)
+    assert engine.loaded_models == ["demo", "third"]
+
+
+def test_an_unknown_model_names_its_parameter(models, tmp_path_factory):
+    engine = _engine(models, tmp_path_factory)
+    with pytest.raises(NotFound) as caught:
+        generate(engine, "nope")
+    assert caught.value.param == "model"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc (Linux)")
+def test_switching_models_does_not_grow_memory(models, tmp_path_factory):
+    engine = _engine(models, tmp_path_factory)
+    names = ["second", None]
+    for i in range(6):  # warm-up
+        generate(engine, names[i % 2])
+    start = _rss_bytes()
+    for i in range(50):
+        generate(engine, names[i % 2])
+    growth = _rss_bytes() - start
+    model_bytes = engine._models.get(engine.model_for(None)).nbytes
+    assert engine.loaded_models == ["demo"]
+    # A leak of one model per switch would be 50 models; allow less than two.
+    assert growth < 2 * model_bytes, f"RSS grew {growth / 1e6:.1f} MB over 50 switches ({model_bytes / 1e6:.1f} MB per model)"

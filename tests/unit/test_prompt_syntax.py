@@ -1,0 +1,144 @@
+"""A1111 prompt syntax: LoRA tags, emphasis weights, BREAK, and the compel translation table.
+
+Pure: compel itself reading the translation is checked in ``tests/unit/engine/test_prompts.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pixelmill.errors import InvalidRequest
+from pixelmill.prompt_syntax import (Segment, a1111_to_compel, extract_lora_tags, is_plain,
+                                     parse_emphasis, segments_text, uses_break, uses_weighting)
+
+# --- LoRA tags ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("prompt", "text", "tags"), [
+    ("a cat", "a cat", []),
+    ("a cat <lora:style>", "a cat", [("style", 1.0)]),
+    ("<lora:style:0.7> a cat", "a cat", [("style", 0.7)]),
+    ("a <lora:style:-1.5> cat", "a cat", [("style", -1.5)]),
+    ("a <lora:one:.5>, <lora:two:2> cat <LORA:three>", "a , cat",
+     [("one", 0.5), ("two", 2.0), ("three", 1.0)]),
+    ("a <lora: spaced name : 1 > cat", "a cat", [("spaced name", 1.0)]),
+    ("a  cat, <lora:x>", "a cat,", [("x", 1.0)]),
+])
+def test_lora_tags_are_removed_in_order(prompt, text, tags):
+    assert extract_lora_tags(prompt) == (text, tags)
+
+
+def test_prompt_without_tags_is_untouched():
+    assert extract_lora_tags("  a  (cat:1.2)  ") == ("  a  (cat:1.2)  ", [])
+
+
+@pytest.mark.parametrize("prompt", [
+    "a <lora:style:abc> cat",
+    "a <lora:style:1.2.3> cat",
+    "a <lora:style:> cat",
+    "a <lora::1> cat",
+    "a <lora:style:0.5:1.0> cat",
+    "a <lora:style:inf> cat",
+    "a <lora:style cat",
+])
+def test_malformed_lora_tags_are_refused(prompt):
+    with pytest.raises(InvalidRequest) as caught:
+        extract_lora_tags(prompt)
+    assert caught.value.param == "prompt"
+
+
+# --- emphasis ----------------------------------------------------------------------------
+
+
+def _flat(prompt: str) -> list[list[tuple[str, float]]]:
+    return [[(s.text, s.weight) for s in chunk] for chunk in parse_emphasis(prompt)]
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("a cat", [[("a cat", 1.0)]]),
+    ("a (cat)", [[("a ", 1.0), ("cat", 1.1)]]),
+    ("a [cat]", [[("a ", 1.0), ("cat", 0.909091)]]),
+    ("(cat:1.3)", [[("cat", 1.3)]]),
+    ("( cat : 0.5 )", [[(" cat ", 0.5)]]),
+    ("((cat))", [[("cat", 1.21)]]),
+    ("[[cat]]", [[("cat", 0.826446)]]),
+    ("((cat:1.5))", [[("cat", 1.65)]]),
+    ("([cat])", [[("cat", 1.0)]]),
+    ("(a (b:2) c:1.5)", [[("a ", 1.5), ("b", 3.0), (" c", 1.5)]]),
+    ("(cat:-1)", [[("cat", -1.0)]]),
+    ("(cat:.5)", [[("cat", 0.5)]]),
+    ("(a:b)", [[("a:b", 1.1)]]),
+    (r"\(cat\) \[dog\] a\\b", [[("(cat) [dog] a\\b", 1.0)]]),
+    (r"\((cat)\)", [[("(", 1.0), ("cat", 1.1), (")", 1.0)]]),
+    ("a BREAK b", [[("a", 1.0)], [("b", 1.0)]]),
+    ("(a BREAK b:1.2)", [[("a", 1.2)], [("b", 1.2)]]),
+    ("BREAK a BREAK BREAK b BREAK", [[("a", 1.0)], [("b", 1.0)]]),
+    ("aBREAK b Break", [[("aBREAK b Break", 1.0)]]),
+    ("", []),
+    ("()", []),
+    ("a [ ] b ( )", [[("a   b  ", 1.0)]]),  # whitespace carries no weight
+])
+def test_emphasis_table(prompt, expected):
+    assert _flat(prompt) == expected
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("a (cat", [[("a ", 1.0), ("cat", 1.1)]]),  # unclosed: weights the rest, like A1111
+    ("a [cat (dog", [[("a ", 1.0), ("cat ", 0.909091), ("dog", 1.0)]]),
+    ("a cat) dog]", [[("a cat) dog]", 1.0)]]),  # nothing open: literal
+    ("cat:1.2)", [[("cat:1.2)", 1.0)]]),
+    ("([a)]", [[("a", 1.0)]]),  # round and square close independently
+    ("(a [b) c]", [[("a ", 1.1), ("b", 1.0), (" c", 0.909091)]]),
+])
+def test_unbalanced_brackets_are_lenient(prompt, expected):
+    assert _flat(prompt) == expected
+
+
+def test_malformed_emphasis_weight_is_refused():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_emphasis("(cat:1.2.3)")
+    assert caught.value.param == "prompt"
+
+
+@pytest.mark.parametrize(("prompt", "weighting", "brk", "plain"), [
+    ("a cat, photo", False, False, True),
+    ("a (cat)", True, False, False),
+    ("a [cat", True, False, False),
+    ("a cat)", True, False, False),
+    (r"a \(cat\)", False, False, False),
+    (r"a \\(cat)", True, False, False),
+    ("a BREAK cat", False, True, False),
+    ("a BREAKfast", False, False, True),
+])
+def test_syntax_detection(prompt, weighting, brk, plain):
+    assert uses_weighting(prompt) is weighting
+    assert uses_break(prompt) is brk
+    assert is_plain(prompt) is plain
+
+
+def test_segments_text_drops_syntax():
+    assert segments_text(parse_emphasis(r"a (cat:1.3) \(b\) BREAK [c]")) == "a cat (b) c"
+    assert Segment("x").weight == 1.0
+
+
+# --- compel translation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("a cat", "a cat"),
+    ("a (cat:1.3)", "a (cat)1.3"),
+    ("((cat))", "(cat)1.21"),
+    ("[cat]", "(cat)0.909091"),
+    ("(cat:1.0) dog", "cat dog"),
+    ("(cat:-1)", "(cat)0.0"),
+    (r"\(cat\)", r"\(cat\)"),
+    ('(say "hi":1.2)', r'(say \"hi\")1.2'),
+    ("C++ code", "C ++ code"),
+    ("(well-lit:1.2)", "(well-lit)1.2"),
+    ("(a - b:1.2)", "(a)1.2 - (b)1.2"),
+    ("a.swap(b)", "a. swap (b)1.1"),
+    ("x BREAK (y:1.2)", '("x", "(y)1.2").and()'),
+    ("", ""),
+])
+def test_a1111_to_compel_table(prompt, expected):
+    assert a1111_to_compel(prompt) == expected
