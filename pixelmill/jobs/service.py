@@ -13,12 +13,12 @@ import time
 from collections.abc import AsyncIterator
 
 from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, WebhookSpec, resolve_seed
-from pixelmill.errors import GenerationCanceled, GenerationFailed, WaitTimeout
+from pixelmill.errors import GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import JobStore
 from pixelmill.registry import ModelKind, ModelRegistry
 from pixelmill.settings import Settings
-from pixelmill.validation import validate_request
+from pixelmill.validation import prepare_request
 
 
 class ModelCatalog:
@@ -32,11 +32,29 @@ class ModelCatalog:
         self.settings = settings
         self.registry = registry
 
-    def check(self, name: str | None) -> None:
-        """Raise ``NotFound``/``InvalidRequest`` (param ``model``) for a name no worker can serve."""
-        if not name or name in self.settings.model_aliases or name in self.settings.default_model_names:
-            return
-        self.registry.resolve(ModelKind.checkpoint, name, param="model")
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ``NotFound``/``InvalidRequest`` naming the parameter for any model, LoRA,
+        ControlNet or refiner a request names that no worker can serve.
+
+        A name missing from the last scan triggers one re-scan first (a file may have
+        been added since).
+        """
+        try:
+            self._check(request)
+        except NotFound:
+            self.registry.refresh()
+            self._check(request)
+
+    def _check(self, request: GenerationRequest) -> None:
+        name = request.model
+        if name and name not in self.settings.model_aliases and name not in self.settings.default_model_names:
+            self.registry.resolve(ModelKind.checkpoint, name, param="model")
+        for index, lora in enumerate(request.loras):
+            self.registry.resolve(ModelKind.lora, lora.name, param=f"loras[{index}].name")
+        for index, control in enumerate(request.controlnets):
+            self.registry.resolve(ModelKind.controlnet, control.name, param=f"controlnets[{index}].name")
+        if request.refiner is not None:
+            self.registry.resolve(ModelKind.checkpoint, request.refiner.name, param="refiner.name")
 
 
 class JobService:
@@ -54,8 +72,8 @@ class JobService:
         A random seed under an idempotency key is derived from the key, so a retried
         submission is the same request (same job) rather than a "different body".
         """
-        validate_request(request, self.settings)
-        self.catalog.check(request.model)
+        request = prepare_request(request, self.settings)
+        self.catalog.check(request)
         if request.seed == RANDOM_SEED and idempotency_key is not None:
             digest = hashlib.sha256(idempotency_key.encode()).digest()
             return request.model_copy(update={"seed": int.from_bytes(digest[:4], "big")})
@@ -112,24 +130,51 @@ class JobService:
         self.notifier.job_changed(job_id)
         return job
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        """Yield the job whenever it may have changed, until it is terminal."""
-        while True:
-            job = await self.get(job_id)
-            yield job
-            if job.status.terminal:
-                return
-            await self.notifier.wait_job(job_id, self.settings.poll_interval_s)
+    async def watch(self, job_id: str, *, progress: bool = True) -> AsyncIterator[JobRecord]:
+        """Yield the job whenever it may have changed, until it is terminal.
+
+        ``progress=False``: progress writes alone do not count as changes.
+        """
+        with self._follow(job_id, progress) as changes:
+            while True:
+                changes.clear()  # before the read: a change during it wakes the next wait
+                job = await self.get(job_id)
+                changes.saw(job)
+                yield job
+                if job.status.terminal:
+                    return
+                await changes.wait(self._recheck_s)
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobRecord:
         """The job once terminal; :class:`WaitTimeout` after ``timeout`` (the job goes on)."""
         deadline = time.monotonic() + (timeout or self.settings.sync_timeout_s)
-        async for job in self.watch(job_id):
-            if job.status.terminal:
-                return job
-            if time.monotonic() > deadline:
-                break
+        # Not woken by progress: only the end matters here, and each wake costs a store read.
+        with self._follow(job_id, False) as changes:
+            while True:
+                changes.clear()
+                job = await self.get(job_id)
+                changes.saw(job)
+                if job.status.terminal:
+                    return job
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await changes.wait(min(left, self._recheck_s))
         raise WaitTimeout(f"job {job_id} did not finish in time; follow it at /v1/jobs/{job_id}")
+
+    def _follow(self, job_id: str, progress: bool):
+        # Changes made in this process are announced; those made elsewhere are found by one
+        # poll of the store per poll_interval_s for all followed jobs (see pixelmill.jobs.notify).
+        self.notifier.poll_store_with(self._read_states, self.settings.poll_interval_s)
+        return self.notifier.subscribe(job_id, progress=progress)
+
+    async def _read_states(self, job_ids: list[str], queue: bool):
+        return await asyncio.to_thread(self.store.job_states, job_ids, queue=queue)
+
+    @property
+    def _recheck_s(self) -> float:
+        """A waiter's own read of the store, a safety net should the shared poll fail."""
+        return max(self.settings.poll_interval_s, self.settings.heartbeat_s)
 
     async def run(self, request: GenerationRequest, **submit_args) -> JobRecord:
         """Submit and wait: the synchronous path. Raises the job's error if it did not succeed."""
