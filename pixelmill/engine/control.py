@@ -10,7 +10,6 @@ identity of that object, so a stable identity means no pipeline rebuild per requ
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from collections import OrderedDict
@@ -22,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from pixelmill.domain import Preprocess
-from pixelmill.engine.device import DeviceConfig
+from pixelmill.engine.device import DeviceConfig, free_memory
 from pixelmill.engine.imageio import open_png
 from pixelmill.errors import InvalidRequest, ModelUnavailable, PixelmillError
 from pixelmill.registry import ModelKind, ModelRegistry
@@ -183,19 +182,12 @@ class ControlNetCache:
             del self._models[victim]
             self._multis = {k: m for k, m in self._multis.items() if victim not in k}
             log.info("evicted ControlNet %s", victim)
-            _free_memory(self.cfg)
+            free_memory(self.cfg)
 
     def close(self) -> None:
         """Drop every cached ControlNet (and wrapper) and free their memory."""
         with self._lock:
             self._models.clear()
             self._multis.clear()
-        _free_memory(self.cfg)
+        free_memory(self.cfg)
 
-
-def _free_memory(cfg: DeviceConfig) -> None:
-    # Cached models form no reference cycles we own, but pipelines/hooks may; collect
-    # now so device memory is returned before the next load rather than "eventually".
-    gc.collect()
-    if cfg.is_cuda and torch.cuda.is_available():
-        torch.cuda.empty_cache()

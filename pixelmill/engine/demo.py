@@ -308,23 +308,14 @@ def _write_refiner(base, spec: DemoSize, target: Path) -> None:
     Built under its own seed inside a forked RNG so the files written after it (the
     LoRA draws from the global RNG) are the same with or without the refiner.
     """
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from diffusers import EulerDiscreteScheduler
+
+    from pixelmill.engine.refiner import refiner_pipeline
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED + 3)
         unet = _unet(spec, refiner=True)
-    refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=base.vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer_2=base.tokenizer_2,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=True,
-        add_watermarker=False,
-    )
+    refiner = refiner_pipeline(base, unet, EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG))
     _save_dir(target, refiner.save_pretrained)
 
 

@@ -285,6 +285,16 @@ def warmup(pipe: Any, width: int, height: int, *, guidance: float = 5.0) -> None
     log.info("warm-up at %dx%d took %.1f s", width, height, time.perf_counter() - start)
 
 
+def free_memory(cfg: DeviceConfig) -> None:
+    """Return freed model memory now: collect reference cycles (pipelines and hooks make
+    some) and, on CUDA, hand cached blocks back, so the next load finds the room."""
+    import gc
+
+    gc.collect()
+    if cfg.is_cuda and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # --- output checks ----------------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ the default budget of 0 only the model in use stays loaded: the old one is freed
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from pixelmill.engine.device import free_memory
 from pixelmill.engine.models import ModelSource
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,10 @@ class ModelCache:
         model = self._models.pop(source, None)
         if model is None:
             return
+        cfg = model.pipes.cfg
         model.close()
         del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory(cfg)
         log.info("model %s unloaded", source.name)
 
     def close(self) -> None:

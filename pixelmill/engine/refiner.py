@@ -15,7 +15,6 @@ point (``denoising_start``) and decodes.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import threading
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelmill.engine.device import COMPILE_MODE, DeviceConfig, apply_placement
+from pixelmill.engine.device import COMPILE_MODE, DeviceConfig, apply_placement, free_memory
 from pixelmill.engine.schedulers import make_scheduler, use_scheduler
 from pixelmill.errors import InvalidRequest, ModelUnavailable, PixelmillError
 from pixelmill.registry import ModelKind, ModelRegistry
@@ -66,7 +65,6 @@ def load_refiner(path: Path, base: Any, cfg: DeviceConfig, *, name: str) -> Any:
     :class:`ModelUnavailable` when its files cannot be loaded. Under CUDA offload the
     pipeline is returned unplaced: the caller installs hooks when it hands it out.
     """
-    from diffusers import StableDiffusionXLImg2ImgPipeline
 
     path = Path(path)
     index = _read_json(path / "model_index.json", name)
@@ -74,23 +72,26 @@ def load_refiner(path: Path, base: Any, cfg: DeviceConfig, *, name: str) -> Any:
     aesthetics = bool(index.get("requires_aesthetics_score", False))
     check_refiner_fits(path, unet_config, base, aesthetics=aesthetics, name=name)
     unet = _load_unet(path, cfg, name)
-    pipe = StableDiffusionXLImg2ImgPipeline(
-        vae=base.vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer_2=base.tokenizer_2,
-        unet=unet,
-        scheduler=_scheduler(path, base, name),
-        requires_aesthetics_score=aesthetics,
-        force_zeros_for_empty_prompt=bool(index.get("force_zeros_for_empty_prompt", True)),
-        add_watermarker=False,
-    )
+    pipe = refiner_pipeline(base, unet, _scheduler(path, base, name), aesthetics=aesthetics,
+                            force_zeros=bool(index.get("force_zeros_for_empty_prompt", True)))
     pipe.set_progress_bar_config(disable=True)
     _prepare_unet(unet, cfg)
     if not (cfg.is_cuda and cfg.offload != "none"):
         apply_placement(pipe, cfg)  # shared components are already there: a no-op for them
     return pipe
+
+
+def refiner_pipeline(base: Any, unet: Any, scheduler: Any, *, aesthetics: bool = True,
+                     force_zeros: bool = True) -> Any:
+    """A refiner img2img pipeline around ``unet`` using the base's VAE, second text encoder
+    and tokenizer objects (no copies) and no first text encoder, as SDXL's refiner is built."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae, text_encoder=None, tokenizer=None, text_encoder_2=base.text_encoder_2,
+        tokenizer_2=base.tokenizer_2, unet=unet, scheduler=scheduler,
+        requires_aesthetics_score=aesthetics, force_zeros_for_empty_prompt=force_zeros, add_watermarker=False,
+    )
 
 
 def check_refiner_fits(path: Path, unet_config: Mapping[str, Any], base: Any, *,
@@ -220,7 +221,7 @@ class RefinerCache:
             while len(self._pipes) > self.capacity:
                 self._pipes.popitem(last=False)
             log.info("loaded refiner %s", name)
-        _free_memory(self.cfg)
+        free_memory(self.cfg)
         return pipe
 
     def release(self, base_pipe: Any) -> None:
@@ -228,19 +229,14 @@ class RefinerCache:
         with self._lock:
             for key in [k for k, (ref, _) in self._pipes.items() if ref() is base_pipe]:
                 del self._pipes[key]
-        _free_memory(self.cfg)
+        free_memory(self.cfg)
 
     def close(self) -> None:
         """Drop every refiner pipeline and free its UNet."""
         with self._lock:
             self._pipes.clear()
-        _free_memory(self.cfg)
+        free_memory(self.cfg)
 
-
-def _free_memory(cfg: DeviceConfig) -> None:
-    gc.collect()
-    if cfg.is_cuda and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --- the hand-off ------------------------------------------------------------------------

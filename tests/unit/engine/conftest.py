@@ -24,3 +24,22 @@ def cpu():
 def pipes(models_dir, cpu):
     """A fresh PipelineSet of the demo model per module (tests may load adapters into it)."""
     return PipelineSet(load_folder(models_dir / "checkpoints" / "demo", cpu), "demo", cpu)
+
+
+@pytest.fixture(scope="module")
+def settings(demo_models, tmp_path_factory):
+    """Settings serving the session's demo models (a module's own copy of the data dir)."""
+    from pixelmill.settings import Settings
+
+    return Settings(models_dir=demo_models, model="demo", data_dir=tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def engine(settings):
+    """A started engine per module, serving the demo model on the CPU."""
+    from pixelmill.engine.engine import Engine
+    from pixelmill.registry import ModelRegistry
+
+    engine = Engine(settings, ModelRegistry(settings.models_dir))
+    engine.start()
+    return engine

@@ -13,22 +13,9 @@ from PIL import Image  # noqa: E402
 from pixelmill.domain import ControlSpec, GenerationRequest, Mode, Preprocess, RefinerSpec  # noqa: E402
 from pixelmill.engine.engine import Engine  # noqa: E402
 from pixelmill.errors import InvalidRequest, NotFound  # noqa: E402
-from pixelmill.registry import ModelRegistry  # noqa: E402
 from pixelmill.settings import Settings  # noqa: E402
 from pixelmill.validation import prepare_request  # noqa: E402
 from tests.support.images import decode, gradient, png_bytes, pixels  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def settings(demo_models, tmp_path_factory) -> Settings:
-    return Settings(models_dir=demo_models, model="demo", data_dir=tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def engine(settings) -> Engine:
-    engine = Engine(settings, ModelRegistry(settings.models_dir))
-    engine.start()
-    return engine
 
 
 def _shapes(size: int = 64) -> bytes:

@@ -12,25 +12,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from pixelmill.domain import GenerationRequest, Mode  # noqa: E402
-from pixelmill.engine.engine import Engine  # noqa: E402
 from pixelmill.engine.imageio import parse_a1111_parameters, read_parameters, reencode_png  # noqa: E402
 from pixelmill.engine.runner import CancelToken, EngineRunner  # noqa: E402
 from pixelmill.errors import GenerationCanceled  # noqa: E402
 from pixelmill.registry import ModelRegistry  # noqa: E402
-from pixelmill.settings import Settings  # noqa: E402
 from tests.support.images import assert_same_image, decode, gradient, pixels  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def settings(demo_models, tmp_path_factory) -> Settings:
-    return Settings(models_dir=demo_models, model="demo", data_dir=tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def engine(settings) -> Engine:
-    engine = Engine(settings, ModelRegistry(settings.models_dir))
-    engine.start()
-    return engine
 
 
 def request(**fields) -> GenerationRequest:

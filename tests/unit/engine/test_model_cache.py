@@ -14,8 +14,7 @@ import pytest  # noqa: E402
 from pixelmill.domain import GenerationRequest  # noqa: E402
 from pixelmill.engine.engine import Engine  # noqa: E402
 from pixelmill.errors import NotFound  # noqa: E402
-from pixelmill.registry import ModelRegistry  # noqa: E402
-from pixelmill.settings import Settings  # noqa: E402
+from tests.support.engines import make_engine  # noqa: E402
 from tests.support.images import decode, pixels  # noqa: E402
 
 
@@ -30,10 +29,7 @@ def models(demo_models, tmp_path_factory):
 
 
 def _engine(models, tmp_path_factory, **settings) -> Engine:
-    engine = Engine(Settings(models_dir=models, model="demo", data_dir=tmp_path_factory.mktemp("data"), **settings),
-                    ModelRegistry(models))
-    engine.start()
-    return engine
+    return make_engine(models, tmp_path_factory, **settings)
 
 
 def generate(engine: Engine, model: str | None):

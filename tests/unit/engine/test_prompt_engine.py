@@ -10,25 +10,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from pixelmill.domain import GenerationRequest, LoraSpec  # noqa: E402
-from pixelmill.engine.engine import Engine  # noqa: E402
-from pixelmill.registry import ModelRegistry  # noqa: E402
-from pixelmill.settings import Settings  # noqa: E402
 from pixelmill.validation import prepare_request  # noqa: E402
 from tests.support.images import assert_same_image, decode, pixels  # noqa: E402
 
 LONG = ", ".join(f"detail number {i} in warm light" for i in range(40))
-
-
-@pytest.fixture(scope="module")
-def settings(demo_models, tmp_path_factory) -> Settings:
-    return Settings(models_dir=demo_models, model="demo", data_dir=tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def engine(settings) -> Engine:
-    engine = Engine(settings, ModelRegistry(settings.models_dir))
-    engine.start()
-    return engine
 
 
 def request(settings, **fields) -> GenerationRequest:
