@@ -75,6 +75,7 @@ def _rss_bytes() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~1 min on a quiet 2-core machine; far more under load
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc (Linux)")
 def test_switching_models_does_not_grow_memory(models, tmp_path_factory):
     engine = _engine(models, tmp_path_factory)
