@@ -88,5 +88,6 @@ def test_switching_models_does_not_grow_memory(models, tmp_path_factory):
     growth = _rss_bytes() - start
     model_bytes = engine._models.get(engine.model_for(None)).nbytes
     assert engine.loaded_models == ["demo"]
-    # A leak of one model per switch would be 50 models; allow less than two.
-    assert growth < 2 * model_bytes, f"RSS grew {growth / 1e6:.1f} MB over 50 switches ({model_bytes / 1e6:.1f} MB per model)"
+    # A leak of one model per switch would be 50 models (115 MB for the 2.3 MB tiny model);
+    # the allocator's own noise is a few MB, so allow up to 10 models' worth.
+    assert growth < 10 * model_bytes, f"RSS grew {growth / 1e6:.1f} MB over 50 switches ({model_bytes / 1e6:.1f} MB per model)"
