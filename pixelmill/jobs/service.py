@@ -130,51 +130,24 @@ class JobService:
         self.notifier.job_changed(job_id)
         return job
 
-    async def watch(self, job_id: str, *, progress: bool = True) -> AsyncIterator[JobRecord]:
-        """Yield the job whenever it may have changed, until it is terminal.
-
-        ``progress=False``: progress writes alone do not count as changes.
-        """
-        with self._follow(job_id, progress) as changes:
-            while True:
-                changes.clear()  # before the read: a change during it wakes the next wait
-                job = await self.get(job_id)
-                changes.saw(job)
-                yield job
-                if job.status.terminal:
-                    return
-                await changes.wait(self._recheck_s)
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """Yield the job whenever it may have changed, until it is terminal."""
+        while True:
+            job = await self.get(job_id)
+            yield job
+            if job.status.terminal:
+                return
+            await self.notifier.wait_job(job_id, self.settings.poll_interval_s)
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobRecord:
         """The job once terminal; :class:`WaitTimeout` after ``timeout`` (the job goes on)."""
         deadline = time.monotonic() + (timeout or self.settings.sync_timeout_s)
-        # Not woken by progress: only the end matters here, and each wake costs a store read.
-        with self._follow(job_id, False) as changes:
-            while True:
-                changes.clear()
-                job = await self.get(job_id)
-                changes.saw(job)
-                if job.status.terminal:
-                    return job
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                await changes.wait(min(left, self._recheck_s))
+        async for job in self.watch(job_id):
+            if job.status.terminal:
+                return job
+            if time.monotonic() > deadline:
+                break
         raise WaitTimeout(f"job {job_id} did not finish in time; follow it at /v1/jobs/{job_id}")
-
-    def _follow(self, job_id: str, progress: bool):
-        # Changes made in this process are announced; those made elsewhere are found by one
-        # poll of the store per poll_interval_s for all followed jobs (see pixelmill.jobs.notify).
-        self.notifier.poll_store_with(self._read_states, self.settings.poll_interval_s)
-        return self.notifier.subscribe(job_id, progress=progress)
-
-    async def _read_states(self, job_ids: list[str], queue: bool):
-        return await asyncio.to_thread(self.store.job_states, job_ids, queue=queue)
-
-    @property
-    def _recheck_s(self) -> float:
-        """A waiter's own read of the store, a safety net should the shared poll fail."""
-        return max(self.settings.poll_interval_s, self.settings.heartbeat_s)
 
     async def run(self, request: GenerationRequest, **submit_args) -> JobRecord:
         """Submit and wait: the synchronous path. Raises the job's error if it did not succeed."""

@@ -7,39 +7,54 @@ transaction. Two rules keep concurrent API hosts and workers honest:
 * every write a worker makes is guarded by ``(job_id, worker, attempt, status=running)``
   in the UPDATE's WHERE clause, so a late answer from a stale attempt changes nothing.
 
-The worker side (claims, heartbeats, results, reaping) lives in
-:mod:`pixelmill.jobs.leases`; this module has submitting, reading, canceling and the
-ledger.
+Claims are race-free: PostgreSQL takes candidates with ``SELECT … FOR UPDATE SKIP LOCKED``
+and the UPDATE re-checks ``status = 'queued'``; on SQLite every write transaction starts
+with ``BEGIN IMMEDIATE``, so claimers take turns. Same statements for both: SQLAlchemy
+renders no ``FOR UPDATE`` for SQLite.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from pixelmill.domain import GenerationRequest, JobRecord, JobStatus, WebhookSpec
-from pixelmill.errors import InvalidRequest, NotFound, Overloaded
+from pixelmill.errors import InvalidRequest, NotFound, Overloaded, PixelmillError
 from pixelmill.jobs import tables as t
 from pixelmill.jobs.db import create_db_engine, read_transaction, upgrade_schema, write_transaction
-from pixelmill.jobs.leases import CLAIM_SCAN_WINDOW, QUEUED, RUNNING, Guard, LeaseLost, WorkerLeases
 from pixelmill.jobs.tables import batches, jobs
-
-__all__ = ["CLAIM_SCAN_WINDOW", "Guard", "JobStore", "LeaseLost"]
 
 QUEUE_LOCK_KEY = 0x706978_71756575  # "pixqueu"
 """PostgreSQL advisory lock serialising capacity-checked submits (exact ``max_queued``)."""
+CLAIM_SCAN_WINDOW = 64
+"""How many queued jobs past the oldest a batching claim looks at for compatible ones."""
 MAX_PAGE = 1000
 """Largest ``limit`` of :meth:`JobStore.list_jobs`."""
+
+QUEUED, RUNNING = JobStatus.queued.value, JobStatus.running.value
+BatchKey = Callable[[GenerationRequest], Hashable]
+Compatible = Callable[[GenerationRequest, GenerationRequest], bool]
+
+
+class LeaseLost(PixelmillError):
+    """The job is no longer running under this worker and attempt; stop working on it."""
+
+    code = "lease_lost"
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class JobStore(WorkerLeases):
+def _guard(job_id: str, worker: str, attempt: int) -> tuple[sa.ColumnElement[bool], ...]:
+    """The WHERE clause of every worker write: this job, this worker, this attempt, running."""
+    return (jobs.c.id == job_id, jobs.c.worker == worker, jobs.c.attempt == attempt, jobs.c.status == RUNNING)
+
+
+class JobStore:
     """Jobs, batches and their life cycle in SQLite or PostgreSQL (see module docstring)."""
 
     def __init__(self, engine: sa.Engine, *, overload_retry_after_s: int = 5):
@@ -197,25 +212,6 @@ class JobStore(WorkerLeases):
             ahead = sa.select(sa.func.count()).where(jobs.c.status == QUEUED, t.ahead_in_queue(job))
             return conn.execute(ahead).scalar_one() + 1
 
-    def job_states(self, job_ids: list[str], *, queue: bool = False) -> tuple[tuple | None, dict[str, tuple]]:
-        """What waiters poll, for many jobs in one read (see :mod:`pixelmill.jobs.notify`).
-
-        Returns ``{job_id: ((status, attempt, worker, cancel_requested), progress_step)}``
-        for the jobs that exist and, with ``queue``, a marker that changes when the queue
-        moves: (queued jobs, next job to claim); else None.
-        """
-        columns = (jobs.c.id, jobs.c.status, jobs.c.attempt, jobs.c.worker, jobs.c.cancel_requested,
-                   jobs.c.progress_step)
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(sa.select(*columns).where(jobs.c.id.in_(job_ids))).all()
-            marker = None
-            if queue:
-                head = sa.select(jobs.c.id).where(jobs.c.status == QUEUED).order_by(*t.CLAIM_ORDER).limit(1)
-                marker = (self._count(conn, QUEUED), conn.execute(head).scalar())
-        states = {row.id: ((row.status, row.attempt, row.worker, bool(row.cancel_requested)), row.progress_step)
-                  for row in rows}
-        return marker, states
-
     def count(self, status: JobStatus) -> int:
         """How many jobs are in ``status``."""
         with read_transaction(self.engine) as conn:
@@ -224,7 +220,7 @@ class JobStore(WorkerLeases):
     def _count(self, conn: sa.Connection, status: str) -> int:
         return conn.execute(sa.select(sa.func.count()).where(jobs.c.status == status)).scalar_one()
 
-    # ---- canceling and other updates ----------------------------------------------------------
+    # ---- canceling and claiming ------------------------------------------------------------
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job: queued → canceled now; running → ``cancel_requested``; terminal → as is."""
@@ -238,6 +234,172 @@ class JobStore(WorkerLeases):
                 return t.job_record(job._mapping)
             stmt = sa.update(jobs).where(jobs.c.id == job_id, jobs.c.status == job.status).values(values)
             return t.job_record(conn.execute(stmt.returning(*jobs.c)).one()._mapping)
+
+    def claim(
+        self, worker: str, *, lease_s: float, limit: int = 1, compatible_with: Compatible | None = None,
+        batch_key: BatchKey | None = None,
+    ) -> list[JobRecord]:
+        """Atomically take up to ``limit`` queued jobs in claim order and start them.
+
+        Without ``batch_key``/``compatible_with`` the first ``limit`` queued jobs are
+        taken. With either, the oldest job is taken plus up to ``limit - 1`` of the next
+        :data:`CLAIM_SCAN_WINDOW` queued jobs whose ``batch_key`` equals the oldest one's
+        and for which ``compatible_with(oldest_request, request)`` holds.
+        """
+        if lease_s <= 0 or limit < 1:
+            raise ValueError("claim needs lease_s > 0 and limit >= 1")
+        batching = batch_key is not None or compatible_with is not None
+        queued = sa.select(jobs.c.id, jobs.c.request).where(jobs.c.status == QUEUED).order_by(*t.CLAIM_ORDER)
+        with write_transaction(self.engine) as conn:
+            first = queued.limit(1 if batching else limit).with_for_update(skip_locked=True)
+            picked = conn.execute(first).all()
+            if picked and batching and limit > 1:
+                picked += self._compatible(conn, queued, picked[0], limit - 1, batch_key, compatible_with)
+            return self._start(conn, [row.id for row in picked], worker, lease_s)
+
+    def claim_matching(self, worker: str, *, lease_s: float, limit: int, batch_key: BatchKey, key: Hashable) -> list[JobRecord]:
+        """Take up to ``limit`` queued jobs whose ``batch_key`` is ``key``: company for a batch.
+
+        Used while a worker waits a few milliseconds to fill a batch it has started; the
+        oldest queued job of another key is left for the next claim (it is then the head).
+        """
+        if lease_s <= 0 or limit < 1:
+            raise ValueError("claim_matching needs lease_s > 0 and limit >= 1")
+        queued = sa.select(jobs.c.id, jobs.c.request).where(jobs.c.status == QUEUED).order_by(*t.CLAIM_ORDER)
+        with write_transaction(self.engine) as conn:
+            window = conn.execute(queued.limit(CLAIM_SCAN_WINDOW)).all()
+            chosen = [row.id for row in window if batch_key(GenerationRequest.model_validate_json(row.request)) == key]
+            locked = sa.select(jobs.c.id).where(jobs.c.id.in_(chosen[:limit]), jobs.c.status == QUEUED)
+            ids = {row.id for row in conn.execute(locked.with_for_update(skip_locked=True))}
+            return self._start(conn, [job_id for job_id in chosen if job_id in ids], worker, lease_s)
+
+    @staticmethod
+    def _start(conn: sa.Connection, ids: list[str], worker: str, lease_s: float) -> list[JobRecord]:
+        """Mark the (locked, queued) jobs ``ids`` running under ``worker``; claim order kept."""
+        if not ids:
+            return []
+        stmt = sa.update(jobs).where(jobs.c.id.in_(ids), jobs.c.status == QUEUED)
+        stmt = stmt.values(t.claimed(worker, _now(), lease_s)).returning(*jobs.c)
+        claimed = {row.id: t.job_record(row._mapping) for row in conn.execute(stmt)}
+        return [claimed[job_id] for job_id in ids if job_id in claimed]
+
+    def _compatible(self, conn: sa.Connection, queued: sa.Select, head: sa.Row, wanted: int,
+                    batch_key: BatchKey | None, compatible_with: Compatible | None) -> list[sa.Row]:
+        head_request = GenerationRequest.model_validate_json(head.request)
+        head_key = batch_key(head_request) if batch_key else None
+        chosen = []
+        for row in conn.execute(queued.where(jobs.c.id != head.id).limit(CLAIM_SCAN_WINDOW)):
+            request = GenerationRequest.model_validate_json(row.request)
+            if batch_key is not None and batch_key(request) != head_key:
+                continue
+            if compatible_with is None or compatible_with(head_request, request):
+                chosen.append(row.id)
+            if len(chosen) == wanted:
+                break
+        # The window was read without locks; lock what we chose, skipping rows another
+        # claimer holds, and keep claim order.
+        locked = sa.select(jobs.c.id, jobs.c.request).where(jobs.c.id.in_(chosen), jobs.c.status == QUEUED)
+        rows = {row.id: row for row in conn.execute(locked.with_for_update(skip_locked=True))}
+        return [rows[job_id] for job_id in chosen if job_id in rows]
+
+    # ---- worker updates (guarded) and maintenance --------------------------------------------
+
+    def _guarded_transition(
+        self, job_id: str, worker: str, attempt: int, decide: Callable[[sa.Row], dict[str, Any]]
+    ) -> bool:
+        """Read the guarded row (locked), let ``decide`` pick the new values, write them."""
+        locked = sa.select(jobs).where(*_guard(job_id, worker, attempt)).with_for_update()
+        with write_transaction(self.engine) as conn:
+            job = conn.execute(locked).first()
+            if job is None:
+                return False
+            stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(decide(job))
+            return conn.execute(stmt).rowcount == 1
+
+    def heartbeat(
+        self, job_id: str, worker: str, attempt: int, *, lease_s: float,
+        progress: tuple[int, int] | None = None,
+    ) -> bool:
+        """Extend the lease (and store progress); returns whether cancellation was requested.
+
+        Raises :class:`LeaseLost` when the job is no longer running under this worker+attempt.
+        """
+        now = _now()
+        values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
+        if progress is not None:
+            values["progress_step"], values["progress_total"] = progress
+        with write_transaction(self.engine) as conn:
+            stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(values)
+            cancel = conn.execute(stmt.returning(jobs.c.cancel_requested)).scalar_one_or_none()
+        if cancel is None:
+            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker!r}", param="job_id")
+        return bool(cancel)
+
+    def complete(
+        self, job_id: str, worker: str, attempt: int, *, result_ids: list[str], seeds: list[int],
+        gpu_seconds: float, sampler: str, width: int, height: int, model: str | None = None,
+        control_ids: list[str] = (),
+    ) -> bool:
+        """running → succeeded; False (nothing changed) for a stale attempt.
+
+        ``model``, if given, records the model that really ran (the request may say None);
+        ``control_ids`` are the stored preprocessed control images, if asked for.
+        """
+        ledger = {"gpu_seconds": gpu_seconds, "sampler": sampler, "width": width, "height": height}
+        values = t.succeeded(_now(), result_ids, seeds, control_ids, **ledger, **({"model": model} if model else {}))
+        return self._guarded_transition(job_id, worker, attempt, lambda _job: values)
+
+    def fail(
+        self, job_id: str, worker: str, attempt: int, *, code: str, message: str, retry: bool = False
+    ) -> bool:
+        """running → failed, or back to queued when ``retry`` and attempts remain.
+
+        A retryable failure of a job whose cancellation was requested ends it canceled.
+        """
+        def decide(job: sa.Row) -> dict[str, Any]:
+            if retry and job.cancel_requested:
+                return t.canceled(_now())
+            if retry and job.attempt < job.max_attempts:
+                return t.requeued(attempt)
+            return t.failed(_now(), code, message)
+
+        return self._guarded_transition(job_id, worker, attempt, decide)
+
+    def mark_canceled(self, job_id: str, worker: str, attempt: int) -> bool:
+        """running → canceled (results discarded); False for a stale attempt."""
+        return self._guarded_transition(job_id, worker, attempt, lambda _job: t.canceled(_now()))
+
+    def release(self, job_id: str, worker: str, attempt: int) -> bool:
+        """Give a running job back to the queue (graceful shutdown) without using up an attempt."""
+        # Nobody wants a job back in the queue whose cancellation was requested.
+        return self._guarded_transition(
+            job_id, worker, attempt,
+            lambda job: t.canceled(_now()) if job.cancel_requested else t.requeued(attempt - 1),
+        )
+
+    def reap_expired(self, *, now: datetime | None = None) -> list[str]:
+        """Requeue (attempts left) or fail (``worker_lost``) running jobs whose lease expired.
+
+        A job whose cancellation was requested ends canceled. Returns the affected ids. Safe
+        from every host at once: expired rows are locked (SKIP LOCKED on PostgreSQL, the
+        write lock on SQLite) and each UPDATE re-checks the expired lease.
+        """
+        now = t.utc(now) if now is not None else _now()
+        expired = (jobs.c.status == RUNNING, jobs.c.lease_expires_at < now)
+        lost = f"the worker stopped renewing its lease (expired before {now.isoformat()})"
+        steps = [
+            (jobs.c.cancel_requested.is_(True), t.canceled(now)),
+            (jobs.c.attempt < jobs.c.max_attempts, t.requeued(jobs.c.attempt)),
+            (sa.true(), t.failed(now, "worker_lost", lost)),
+        ]
+        affected: list[str] = []
+        with write_transaction(self.engine) as conn:
+            candidates = sa.select(jobs.c.id).where(*expired).with_for_update(skip_locked=True)
+            ids = list(conn.execute(candidates).scalars())
+            for condition, values in steps if ids else ():
+                stmt = sa.update(jobs).where(jobs.c.id.in_(ids), *expired, condition).values(values)
+                affected += conn.execute(stmt.returning(jobs.c.id)).scalars()
+        return affected
 
     def update_webhook_state(self, job_id: str, state: dict) -> None:
         """Remember the last webhook delivery attempts of a job."""
