@@ -47,3 +47,31 @@ def batch_key(request: GenerationRequest) -> Hashable:
         tuple(sorted((lora.name, lora.weight) for lora in request.loras)),
         (request.refiner.name, request.refiner.switch_at) if request.refiner else None,
     )
+
+
+class Arrivals:
+    """Recent job arrival times: tells a worker whether waiting for company can pay off.
+
+    A worker with a batch smaller than ``max_batch_size`` may wait ``max_batch_wait_ms``
+    for compatible jobs. When the last ``sample`` jobs each arrived more than ``gap_s``
+    after the one before (one client sending request after request, a trickle of
+    traffic), nothing is likely to join within the wait, and it would only leave the
+    engine idle, so the worker starts at once. Any recent pair of close arrivals (a
+    burst, several clients) brings the wait back; with too little history, it waits.
+    """
+
+    def __init__(self, gap_s: float, sample: int = 4):
+        self.gap_s = gap_s
+        self.sample = sample
+        self._times: list[float] = []
+
+    def add(self, times: list[float]) -> None:
+        """Record arrivals (seconds since any fixed origin, e.g. ``created_at`` timestamps)."""
+        self._times = sorted([*self._times, *times])[-(self.sample + 1):]
+
+    def expect_company(self) -> bool:
+        """False only when every recent arrival came well apart from the one before."""
+        if len(self._times) <= self.sample:
+            return True
+        gaps = [later - earlier for earlier, later in zip(self._times, self._times[1:])]
+        return any(gap <= self.gap_s for gap in gaps)

@@ -11,6 +11,7 @@ import asyncio
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -101,9 +102,15 @@ class EngineRunner:
         """Run compatible ``requests`` as one pipeline call on the engine thread."""
         loop = asyncio.get_running_loop()
         token = cancel or CancelToken()
+        # Progress is stored at most every progress_interval_s; handing every step to the
+        # event loop would only wake it (and take the GIL) for nothing, mid-generation.
+        interval, last = self._settings.progress_interval_s / 2, float("-inf")
 
         def report(step: int, total: int) -> None:
-            if on_progress is not None:
+            nonlocal last
+            now = time.monotonic()
+            if on_progress is not None and (now - last >= interval or step >= total):
+                last = now
                 loop.call_soon_threadsafe(on_progress, Progress(step=step, total=total))
 
         future = self._executor.submit(self._run, requests, report, token)

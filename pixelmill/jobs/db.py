@@ -10,6 +10,12 @@ off on every new connection and emit ``BEGIN`` ourselves from SQLAlchemy's ``beg
 event: ``BEGIN IMMEDIATE`` for write transactions (see :func:`write_transaction`), so the
 write lock is taken up front and two claimers can never both read the same queued row;
 plain deferred ``BEGIN`` for reads, so readers never wait for writers (WAL).
+
+Writers of one process also queue on a lock of their own before ``BEGIN IMMEDIATE``.
+SQLite's busy handler polls with growing sleeps (1, 2, 5, 10, 15, 20, 25 … ms), so a
+burst of submissions racing the worker's claims could each lose tens of milliseconds
+asleep while the lock was already free; a process-local lock hands it over at once.
+Writers in other processes (separate workers) still meet at SQLite's lock.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -40,6 +48,9 @@ MIGRATIONS = "pixelmill.jobs:migrations"
 
 SCHEMA_LOCK_KEY = 0x706978_6D696C6C  # "pixmill": any constant shared by all processes
 """PostgreSQL advisory-lock key serialising concurrent schema upgrades."""
+
+_WRITE_LOCKS: weakref.WeakKeyDictionary[sa.Engine, threading.RLock] = weakref.WeakKeyDictionary()
+"""SQLite engines → the lock their write transactions take in this process (see above)."""
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -80,6 +91,7 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     sa.event.listen(engine, "connect", _sqlite_on_connect)
     sa.event.listen(engine, "begin", _sqlite_on_begin)
+    _WRITE_LOCKS[engine] = threading.RLock()
     return engine
 
 
@@ -129,7 +141,7 @@ def write_transaction(engine: sa.Engine) -> Iterator[sa.Connection]:
     write lock is held from the first statement); on PostgreSQL it is an ordinary
     READ COMMITTED transaction and callers lock rows explicitly.
     """
-    with engine.connect() as conn:
+    with _WRITE_LOCKS.get(engine) or nullcontext(), engine.connect() as conn:
         conn.execution_options(**{WRITE_OPTION: True})
         with conn.begin():
             yield conn

@@ -2,7 +2,9 @@
 
 A batch is the oldest queued job plus up to ``max_batch_size - 1`` queued jobs with
 the same batch key (see :mod:`pixelmill.batching`), waiting at most
-``max_batch_wait_ms`` for company. One pipeline call makes every image; each job's
+``max_batch_wait_ms`` for company, unless the recent jobs arrived one at a time, well
+apart (see :class:`~pixelmill.batching.Arrivals`): then nothing is likely to join and
+the job starts at once. One pipeline call makes every image; each job's
 ledger gets its share of the call's time. A job canceled while its batch runs is not
 interrupted (the others still want their images): the batch finishes and that job's
 images are discarded. The batch stops early only when all of its jobs are canceled.
@@ -24,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from pixelmill.batching import batch_key
+from pixelmill.batching import Arrivals, batch_key
 from pixelmill.domain import JobRecord, JobResult, Progress
 from pixelmill.engine.runner import CancelToken, EngineRunner, EngineState
 from pixelmill.errors import GenerationCanceled, GenerationFailed, PixelmillError
@@ -34,6 +36,9 @@ from pixelmill.jobs.store import JobStore, LeaseLost
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SEQUENTIAL_GAP_FACTOR = 5
+"""Arrivals more than this many ``max_batch_wait_ms`` apart count as one at a time."""
 
 RETRYABLE_CODES = frozenset({"out_of_memory"})
 """Engine failures worth another attempt (transient); others fail the job at once."""
@@ -107,6 +112,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._current: _Batch | None = None
         self._last_reap = 0.0
+        self._arrivals = Arrivals(gap_s=settings.max_batch_wait_ms / 1000 * SEQUENTIAL_GAP_FACTOR)
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
@@ -127,14 +133,21 @@ class Worker:
         """The oldest queued job plus compatible company, waiting briefly for more to arrive."""
         size, lease = self.settings.max_batch_size, self.settings.lease_s
         jobs = await asyncio.to_thread(self.store.claim, self.id, lease_s=lease, limit=size, batch_key=batch_key)
-        deadline = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        self._arrived(jobs)
+        wait_s = self.settings.max_batch_wait_ms / 1000 if self._arrivals.expect_company() else 0.0
+        deadline = time.monotonic() + wait_s
         while jobs and len(jobs) < size and (left := deadline - time.monotonic()) > 0:
             await self.notifier.wait_work(left)
-            jobs += await asyncio.to_thread(
+            joined = await asyncio.to_thread(
                 self.store.claim_matching, self.id, lease_s=lease, limit=size - len(jobs),
                 batch_key=batch_key, key=batch_key(jobs[0].request),
             )
+            self._arrived(joined)
+            jobs += joined
         return jobs
+
+    def _arrived(self, jobs: list[JobRecord]) -> None:
+        self._arrivals.add([job.created_at.timestamp() for job in jobs])
 
     async def _engine_ready(self) -> bool:
         while self.runner.state is EngineState.loading and not self._stop.is_set():

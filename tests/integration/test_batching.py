@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -64,3 +65,27 @@ def test_canceling_one_job_of_a_batch_keeps_the_others(demo_models, tmp_path):
     finally:
         worker.stop()
         api.stop()
+
+
+def idle_while_claimed(job: dict) -> float:
+    """Seconds a claimed job spent not generating: the batch wait, plus storing its image."""
+    running = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
+    return running.total_seconds() - job["gpu_seconds"]
+
+
+def test_jobs_arriving_one_at_a_time_start_without_waiting_for_company(demo_models, tmp_path):
+    # A 0.3 s batch wait makes the difference measurable; arrivals 1.6 s apart are
+    # "well apart" (more than 5 waits). The first job has no history and waits.
+    server = ServerProcess(tmp_path, "--models-dir", str(demo_models), "--model", "demo",
+                           "--max-batch-wait-ms", "300").start()
+    try:
+        waits = []
+        for i in range(6):
+            sent = time.monotonic()
+            job = wait_all(server.url, [submit(server.url, seed=i, width=64, height=64, steps=2)])[0]
+            waits.append(idle_while_claimed(job))
+            time.sleep(max(0.0, sent + 1.6 - time.monotonic()))
+        assert waits[0] >= 0.29, waits  # no history yet: a burst may be starting
+        assert waits[5] < 0.2, waits  # four gaps of 1.6 s: nothing joins, start at once
+    finally:
+        server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pixelmill.batching import batch_key
+from pixelmill.batching import Arrivals, batch_key
 from pixelmill.domain import ControlSpec, GenerationRequest, LoraSpec, Mode
 from pixelmill.engine.imageio import reencode_png
 from tests.support.images import gradient
@@ -47,3 +47,31 @@ def test_img2img_size_from_the_image_counts():
 def test_controlnet_requests_run_alone():
     control = (ControlSpec(name="demo-canny", image=b"png"),)
     assert batch_key(request(controlnets=control)) != batch_key(request(controlnets=control))
+
+
+def test_one_at_a_time_arrivals_start_without_waiting_for_company():
+    arrivals = Arrivals(gap_s=0.05, sample=4)
+    assert arrivals.expect_company()  # no history: wait, a burst may be starting
+    for second in range(4):
+        arrivals.add([float(second)])
+        assert arrivals.expect_company()  # still too few gaps to judge
+    arrivals.add([4.0])
+    assert not arrivals.expect_company()  # four gaps of 1 s: a single client's rhythm
+
+
+def test_a_close_pair_among_recent_arrivals_brings_the_wait_back():
+    arrivals = Arrivals(gap_s=0.05, sample=4)
+    arrivals.add([0.0, 1.0, 2.0, 3.0, 4.0])
+    arrivals.add([4.01])  # a second client joins
+    assert arrivals.expect_company()
+    arrivals.add([5.0, 6.0, 7.0])
+    assert arrivals.expect_company()  # the close pair is still among the last four gaps
+    arrivals.add([8.0])
+    assert not arrivals.expect_company()  # it has aged out
+
+
+def test_jobs_claimed_together_count_as_company():
+    arrivals = Arrivals(gap_s=0.05, sample=2)
+    arrivals.add([0.0, 10.0])
+    arrivals.add([20.0, 20.0])
+    assert arrivals.expect_company()
