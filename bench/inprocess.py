@@ -59,7 +59,8 @@ def load_engine(models_dir: Path):
     return engine
 
 
-def _requests(count: int, first: int, size: int, steps: int):
+def requests_for(count: int, first: int, size: int, steps: int):
+    """``count`` requests with distinct prompts and seeds ``first``, ``first + 1``, …"""
     from pixelmill.domain import GenerationRequest
 
     return [GenerationRequest(prompt=prompt(first + i), seed=first + i, width=size, height=size, steps=steps)
@@ -74,12 +75,12 @@ def measure_throughput(engine, *, batches: list[int], min_images: int, min_calls
     # Warm-up: the first call pays for lazy initialisation and allocator growth; the
     # largest batch is warmed too so its bigger buffers are not paid inside the timing.
     for warm in sorted({1, max(batches)}):
-        engine.generate_batch(_requests(warm, 0, size, steps))
+        engine.generate_batch(requests_for(warm, 0, size, steps))
     for batch in batches:
         calls = max(min_calls, math.ceil(min_images / batch))
         durations = []
         for _ in range(calls):
-            requests = _requests(batch, counter, size, steps)
+            requests = requests_for(batch, counter, size, steps)
             counter += batch
             started = time.perf_counter()
             engine.generate_batch(requests)

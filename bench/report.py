@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.inprocess import LoraTimes, Throughput
-from bench.load import LoadRun
 from bench.machine import Machine
 from bench.memory import STAGES
+from bench.paired import Rounds
 from bench.queue import QueueRun
 from bench.stats import median, percentile, ratio
 
@@ -23,11 +23,7 @@ class Results:
     inprocess: Throughput | None = None
     lora: LoraTimes | None = None
     rss: dict[str, float] | None = None
-    reference: dict[int, LoadRun] = field(default_factory=dict)
-    sync: dict[int, LoadRun] = field(default_factory=dict)
-    jobs: dict[int, LoadRun] = field(default_factory=dict)
-    health_pixelmill: list[float] = field(default_factory=list)
-    health_reference: list[float] = field(default_factory=list)
+    rounds: Rounds = field(default_factory=Rounds)  # in-process, reference and pixelmill, side by side
     queues: list[QueueRun] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -53,39 +49,51 @@ def _ms(values: list[float], q: float) -> str:
     return "n/a" if not values else f"{percentile(values, q) * 1000:.1f} ms"
 
 
+SERVERS = (("reference", "(2) reference server"), ("sync", "(3) pixelmill OpenAI sync"),
+           ("jobs", "(3) pixelmill jobs + SSE"))
+"""Paired-round case kinds that are HTTP servers, with their table labels."""
+
+
+def _clients(r: Results) -> list[int]:
+    return sorted({clients for _, clients in r.rounds.runs})
+
+
+def _baseline(clients: int, ip: Throughput | None) -> str:
+    if clients == 1:
+        return "batch 1"
+    return f"best batch ({ip.best_batch})" if ip else "best batch"
+
+
 def _throughput_rows(r: Results) -> list[tuple[str, str, str, str]]:
     """(measurement, value, vs in-process, vs reference) rows for images/s."""
-    ip = r.inprocess
+    ip, rounds = r.inprocess, r.rounds
     rows = []
     if ip is not None:
         for batch, value in ip.per_batch.items():
             best = " (best)" if batch == ip.best_batch else ""
-            rows.append((f"(1) in-process, batch {batch}{best}", f"{value:.3f} img/s", _x(ratio(value, ip.batch1)), ""))
-    b1 = ip.batch1 if ip else float("nan")
-    best = ip.best if ip else float("nan")
-    for label, runs in (("(2) reference server", r.reference), ("(3) pixelmill OpenAI sync", r.sync),
-                        ("(3) pixelmill jobs + SSE", r.jobs)):
-        for clients, run in sorted(runs.items()):
-            value = http_throughput(run)
-            base = b1 if clients == 1 else best
-            ref = r.reference.get(clients)
-            vs_ref = "" if runs is r.reference or ref is None else _x(ratio(value, http_throughput(ref)))
-            rows.append((f"{label}, {clients} client{'s' if clients > 1 else ''}", f"{value:.3f} img/s",
-                         f"{_x(ratio(value, base))} of {'batch 1' if clients == 1 else 'best batch'}", vs_ref))
+            rows.append((f"(1) in-process sweep, batch {batch}{best}", f"{value:.3f} img/s",
+                         _x(ratio(value, ip.batch1)), ""))
+    for clients in _clients(r):
+        base = ("inprocess", clients)
+        total = rounds.total(*base)
+        if total is not None:
+            rows.append((f"(1) in-process, {_baseline(clients, ip)}, paired rounds", f"{total.throughput:.3f} img/s",
+                         "1.00×", ""))
+        for kind, label in SERVERS:
+            total = rounds.total(kind, clients)
+            if total is None:
+                continue
+            vs_ref = "" if kind == "reference" else _x(rounds.ratio(kind, clients, ("reference", clients)))
+            rows.append((f"{label}, {clients} client{'s' if clients > 1 else ''}", f"{total.throughput:.3f} img/s",
+                         f"{_x(rounds.ratio(kind, clients, base))} of {_baseline(clients, ip)}", vs_ref))
     return rows
-
-
-def http_throughput(run: LoadRun) -> float:
-    """1 client: 1 / median latency (median-based like the in-process numbers); N: images / wall time."""
-    if run.clients == 1 and run.latencies:
-        return 1 / median(run.latencies)
-    return run.throughput
 
 
 def _other_rows(r: Results) -> list[tuple[str, str, str, str]]:
     rows = []
-    for label, samples in (("(4) /health while generating, pixelmill", r.health_pixelmill),
-                           ("(4) /health while generating, reference", r.health_reference)):
+    health = r.rounds.health
+    for label, samples in (("(4) /health while generating, pixelmill", health.get("pixelmill", [])),
+                           ("(4) /health while generating, reference", health.get("reference", []))):
         if samples:
             rows.append((label, f"p50 {_ms(samples, 50)}, p99 {_ms(samples, 99)} (n={len(samples)})", "", ""))
     if r.lora is not None:
@@ -120,29 +128,27 @@ def table(r: Results) -> str:
 
 
 def _throughput_targets(r: Results) -> list[Target]:
-    targets = []
-    ip = r.inprocess
-    for name, runs in (("OpenAI sync", r.sync), ("jobs + SSE", r.jobs)):
-        one, many, ref = runs.get(1), runs.get(max(runs, default=1)), r.reference.get(max(r.reference, default=1))
-        if one is not None and ip is not None:
-            value = ratio(http_throughput(one), ip.batch1)
+    targets, rounds = [], r.rounds
+    many = max(_clients(r), default=1)
+    for kind, name in (("sync", "OpenAI sync"), ("jobs", "jobs + SSE")):
+        if rounds.total(kind, 1) and rounds.total("inprocess", 1):
+            value = rounds.ratio(kind, 1, ("inprocess", 1))
             targets.append(Target(f"pixelmill {name}, 1 client ≥ 0.95 × in-process batch 1", _x(value), value >= 0.95))
-        if many is not None and many.clients > 1 and ip is not None:
-            value = ratio(http_throughput(many), ip.best)
-            targets.append(Target(f"pixelmill {name}, {many.clients} clients ≥ 0.9 × in-process best batch "
-                                  f"({ip.best_batch})", _x(value), value >= 0.9))
-        if many is not None and ref is not None and ref.clients == many.clients:
-            value = ratio(http_throughput(many), http_throughput(ref))
-            targets.append(Target(f"pixelmill {name}, {many.clients} clients ≥ 1.6 × reference server",
-                                  _x(value), value >= 1.6))
+        if many > 1 and rounds.total(kind, many) and rounds.total("inprocess", many):
+            value = rounds.ratio(kind, many, ("inprocess", many))
+            targets.append(Target(f"pixelmill {name}, {many} clients ≥ 0.9 × in-process "
+                                  f"{_baseline(many, r.inprocess)}", _x(value), value >= 0.9))
+        if many > 1 and rounds.total(kind, many) and rounds.total("reference", many):
+            value = rounds.ratio(kind, many, ("reference", many))
+            targets.append(Target(f"pixelmill {name}, {many} clients ≥ 1.6 × reference server", _x(value), value >= 1.6))
     return targets
 
 
 def targets(r: Results) -> list[Target]:
     """Every target of the suite, evaluated on this run's numbers."""
     result = _throughput_targets(r)
-    if r.health_pixelmill:
-        p99 = percentile(r.health_pixelmill, 99)
+    if r.rounds.health.get("pixelmill"):
+        p99 = percentile(r.rounds.health["pixelmill"], 99)
         result.append(Target("/health p99 < 50 ms while generating", f"{p99 * 1000:.1f} ms", p99 < 0.050))
     if r.lora is not None and r.inprocess is not None:
         share = ratio(median(r.lora.cached_switch_s), r.inprocess.one_image_s)

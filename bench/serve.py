@@ -2,13 +2,19 @@
 
 Sections (the README's "Benchmarks" section explains how to read them):
 
-1. in-process pipeline throughput at batch 1, 2, 4, 8 — "the limit";
+1. in-process pipeline throughput: a sweep over batch 1, 2, 4, 8 finds the best batch —
+   "the limit";
 2. a tutorial-style FastAPI server (``bench.reference_server``) — the naive baseline;
-3. pixelmill over HTTP: OpenAI sync endpoint and jobs + SSE, 1 and 8 clients;
+3. pixelmill over HTTP: OpenAI sync endpoint and jobs + SSE, 1 and 8 clients, started
+   with ``--max-batch-size`` set to the best batch of (1), as an operator tunes it;
 4. ``/health`` latency while generating, pixelmill and reference;
 5. LoRA load from disk vs switch between cached adapters (pixelmill's adapter cache);
 6. RSS with txt2img only vs all modes (fresh process);
 7. submit → start latency with an idle worker, on SQLite and PostgreSQL.
+
+(1) at batch 1 and at the best batch, (2) and (3) are then measured in paired rounds
+(:mod:`bench.paired`): every round runs each of them once, so each ratio compares
+measurements taken seconds apart on this drifting machine.
 
 Prints a table with ratios, PASS/FAIL per target, and appends the run to
 ``bench/RESULTS.md``. ``--quick`` is a smoke run with few repetitions (not recorded
@@ -33,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no benchmark ever downloads weig
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench import machine as host  # noqa: E402
-from bench.load import HealthProber, closed_loop, job_call, openai_call, reference_call  # noqa: E402
+from bench.load import closed_loop, job_call, openai_call, reference_call  # noqa: E402
 from bench.report import Results, append_results, table, targets, targets_text  # noqa: E402
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
@@ -47,16 +53,17 @@ class Plan:
     batches: tuple[int, ...]
     min_images: int  # in-process images per batch size
     min_calls: int  # in-process calls per batch size
-    single_requests: int  # requests of the 1-client runs
-    per_client: int  # requests per client in the N-client runs
+    single_rounds: int  # paired rounds of the 1-client cases (one image per case per round)
+    multi_rounds: int  # paired rounds of the N-client cases
+    per_client: int  # requests per client per round in the N-client cases
     lora_repeats: int
     queue_jobs: int
 
     @classmethod
     def for_args(cls, quick: bool) -> "Plan":
         if quick:
-            return cls((1, 2, 4, 8), 2, 1, 2, 1, 2, 5)
-        return cls((1, 2, 4, 8), 8, 3, 8, 3, 5, 30)
+            return cls((1, 2, 4, 8), 2, 1, 2, 1, 1, 2, 5)
+        return cls((1, 2, 4, 8), 8, 3, 12, 5, 1, 5, 30)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,20 +94,20 @@ def write_models(work: Path) -> Path:
     return models
 
 
-def run_inprocess(args, plan: Plan, models: Path, work: Path, results: Results) -> None:
+def run_inprocess(args, plan: Plan, models: Path, work: Path, results: Results):
+    """The batch sweep and the LoRA section; returns the loaded engine for the paired rounds."""
     from bench.inprocess import load_engine, measure_lora, measure_throughput
 
+    engine = None
     if "inprocess" not in args.skip:
-        print("(1) in-process throughput", flush=True)
+        print("(1) in-process throughput: batch sweep", flush=True)
         engine = load_engine(models)
         results.inprocess = measure_throughput(engine, batches=list(plan.batches), min_images=plan.min_images,
                                                min_calls=plan.min_calls, size=args.size, steps=args.steps)
-        engine.unload()
-        del engine
-        gc.collect()
     if "lora" not in args.skip:
         print("(5) LoRA load and switch (pixelmill's adapter cache)", flush=True)
         results.lora = measure_lora(models, size=args.size, steps=args.steps, repeats=plan.lora_repeats)
+    return engine
 
 
 def run_rss(args, models: Path, results: Results) -> None:
@@ -112,48 +119,65 @@ def run_rss(args, models: Path, results: Results) -> None:
         results.rss = measure_rss(models, args.size, args.steps, subprocess_env())
 
 
-def run_reference(args, plan: Plan, models: Path, work: Path, results: Results) -> None:
-    from bench.procs import reference_server
+def run_throughput(args, plan: Plan, models: Path, work: Path, results: Results, engine) -> None:
+    """Sections (1)–(4) in paired rounds, then (7) on the same pixelmill server (SQLite)."""
+    from bench.procs import auth_headers, pixelmill_server, reference_server
 
-    if "reference" in args.skip:
-        return
-    print("(2) reference server (tutorial style)", flush=True)
-    with reference_server(work, models) as server:
-        call = reference_call(server.url, args.size, args.steps)
-        closed_loop(1, 1, call, first=0)  # warm-up
-        results.reference[1] = closed_loop(1, plan.single_requests, call, first=100)
-        with HealthProber(server.url) as prober:
-            results.reference[CLIENTS] = closed_loop(CLIENTS, plan.per_client, call, first=200)
-        results.health_reference = prober.latencies
-    _print_runs("reference", results.reference)
-
-
-def run_pixelmill(args, plan: Plan, models: Path, work: Path, results: Results) -> None:
-    from bench.procs import auth_headers, pixelmill_server
-
-    if "pixelmill" in args.skip and "queue" in args.skip:
-        return
-    print("(3) pixelmill serve, SQLite job store, default batching", flush=True)
-    with pixelmill_server(work / "pixelmill-sqlite", models) as server:
-        headers = auth_headers(server, args.api_key)
-        if "pixelmill" not in args.skip:
-            _pixelmill_load(args, plan, server.url, headers, results)
-        if "queue" not in args.skip:
-            _queue(args, plan, server.url, headers, "SQLite", results)
+    best = results.inprocess.best_batch if results.inprocess else None
+    with ExitStack() as stack:
+        pixelmill = reference = None
+        if not {"pixelmill", "queue"} <= set(args.skip):
+            batching = ["--max-batch-size", str(best)] if best else []
+            print(f"(3) pixelmill serve, SQLite job store, {' '.join(batching) or 'default batching'}", flush=True)
+            pixelmill = stack.enter_context(pixelmill_server(work / "pixelmill-sqlite", models, *batching))
+            results.notes.append(f"pixelmill serve {' '.join(batching) or '(default batching)'}")
+        if "reference" not in args.skip:
+            print("(2) reference server (tutorial style)", flush=True)
+            reference = stack.enter_context(reference_server(work, models))
+        headers = auth_headers(pixelmill, args.api_key) if pixelmill else {}
+        if "pixelmill" not in args.skip or reference is not None:
+            _paired(args, plan, engine, best, pixelmill if "pixelmill" not in args.skip else None,
+                    reference, headers, results)
+        if engine is not None:
+            engine.unload()
+        if pixelmill is not None and "queue" not in args.skip:
+            _queue(args, plan, pixelmill.url, headers, "SQLite", results)
 
 
-def _pixelmill_load(args, plan: Plan, url: str, headers: dict, results: Results) -> None:
-    sync, jobs = openai_call(url, args.size, args.steps, headers), job_call(url, args.size, args.steps, headers)
-    closed_loop(1, 1, sync, first=0)  # warm-up: first call, then a full concurrent round
-    closed_loop(CLIENTS, 1, sync, first=10)
-    results.sync[1] = closed_loop(1, plan.single_requests, sync, first=1000)
-    results.jobs[1] = closed_loop(1, plan.single_requests, jobs, first=2000)
-    with HealthProber(url) as prober:
-        results.sync[CLIENTS] = closed_loop(CLIENTS, plan.per_client, sync, first=3000)
-        results.jobs[CLIENTS] = closed_loop(CLIENTS, plan.per_client, jobs, first=4000)
-    results.health_pixelmill = prober.latencies
-    _print_runs("pixelmill sync", results.sync)
-    _print_runs("pixelmill jobs", results.jobs)
+def _paired(args, plan: Plan, engine, best: int | None, pixelmill, reference, headers: dict,
+            results: Results) -> None:
+    from bench.paired import Case, inprocess_case, run_rounds
+
+    size, steps = args.size, args.steps
+    for clients, rounds, per_client in ((1, plan.single_rounds, 1), (CLIENTS, plan.multi_rounds, plan.per_client)):
+        cases, images = [], clients * per_client
+        if engine is not None:
+            batch = 1 if clients == 1 else best
+            cases.append(inprocess_case(engine, batch=batch, images=images, size=size, steps=steps,
+                                        clients=clients, first=clients * 100_000))
+        servers = []
+        if reference is not None:
+            servers.append(("reference", reference.url, reference_call(reference.url, size, steps)))
+        if pixelmill is not None:
+            servers.append(("sync", pixelmill.url, openai_call(pixelmill.url, size, steps, headers)))
+            servers.append(("jobs", pixelmill.url, job_call(pixelmill.url, size, steps, headers)))
+        for offset, (kind, url, call) in enumerate(servers, start=1):
+            if clients == 1:
+                closed_loop(1, 1, call, first=0)  # warm-up: first call of each API
+            elif kind != "reference":
+                closed_loop(CLIENTS, 1, call, first=10)  # warm-up: a full concurrent round (largest batch)
+            first = clients * 100_000 + offset * 10_000
+            probe = None if clients == 1 else ("reference" if kind == "reference" else "pixelmill", url)
+            cases.append(Case(kind, clients, _load_measure(clients, per_client, call, first), probe))
+        print(f"(1)–(4) {clients} client(s): {rounds} paired rounds of {', '.join(c.kind for c in cases)}",
+              flush=True)
+        run_rounds(cases, rounds, results.rounds)
+
+
+def _load_measure(clients: int, per_client: int, call, first: int):
+    def measure(r: int):
+        return closed_loop(clients, per_client, call, first=first + r * clients * per_client)
+    return measure
 
 
 def _queue(args, plan: Plan, url: str, headers: dict, store: str, results: Results) -> None:
@@ -183,12 +207,6 @@ def run_postgres(args, plan: Plan, models: Path, work: Path, results: Results) -
             _queue(args, plan, server.url, auth_headers(server, args.api_key), "PostgreSQL", results)
 
 
-def _print_runs(label: str, runs: dict) -> None:
-    for clients, run in sorted(runs.items()):
-        print(f"  {label}, {clients} client(s): {run.images} images in {run.wall_s:.1f} s "
-              f"= {run.throughput:.3f} img/s", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM (e.g. from `timeout`) must unwind the context managers that stop the servers
@@ -204,10 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pixelmill-bench-") as tmp:
         work = Path(tmp)
         models = write_models(work)
-        run_inprocess(args, plan, models, work, results)
+        engine = run_inprocess(args, plan, models, work, results)
         run_rss(args, models, results)
-        run_reference(args, plan, models, work, results)
-        run_pixelmill(args, plan, models, work, results)
+        run_throughput(args, plan, models, work, results, engine)
         run_postgres(args, plan, models, work, results)
     load_end = host.loadavg()
     if host.one_minute_load() > max(args.wait_load, 0.8) or float(load_start.split()[0]) > max(args.wait_load, 0.8):
