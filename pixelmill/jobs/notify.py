@@ -15,25 +15,36 @@ class Notifier:
     """Per-job and "new work" signals, used inside one event loop."""
 
     def __init__(self) -> None:
-        self._job_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._job_waiters: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # event -> wants progress
         self._work = asyncio.Event()
 
     def job_changed(self, job_id: str) -> None:
-        """Wake everyone waiting on ``job_id`` (status, progress or result changed)."""
+        """Wake everyone waiting on ``job_id`` (its status or result changed)."""
         for event in self._job_waiters.get(job_id, ()):
             event.set()
 
-    async def wait_job(self, job_id: str, timeout: float) -> None:
-        """Return when ``job_id`` changes here, or after ``timeout`` seconds (poll then)."""
+    def job_progressed(self, job_id: str) -> None:
+        """Wake only those waiting on ``job_id`` who asked for progress (e.g. event streams).
+
+        A caller waiting for the end (a synchronous API call) is not woken by every
+        progress write just to read the job again.
+        """
+        for event, wants_progress in self._job_waiters.get(job_id, {}).items():
+            if wants_progress:
+                event.set()
+
+    async def wait_job(self, job_id: str, timeout: float, *, progress: bool = True) -> None:
+        """Return when ``job_id`` changes here (or progresses, if ``progress``), or after
+        ``timeout`` seconds (poll then)."""
         event = asyncio.Event()
-        self._job_waiters[job_id].add(event)
+        self._job_waiters[job_id][event] = progress
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             pass
         finally:
             waiters = self._job_waiters[job_id]
-            waiters.discard(event)
+            waiters.pop(event, None)
             if not waiters:
                 del self._job_waiters[job_id]
 

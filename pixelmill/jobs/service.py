@@ -130,19 +130,22 @@ class JobService:
         self.notifier.job_changed(job_id)
         return job
 
-    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
-        """Yield the job whenever it may have changed, until it is terminal."""
+    async def watch(self, job_id: str, *, progress: bool = True) -> AsyncIterator[JobRecord]:
+        """Yield the job whenever it may have changed, until it is terminal.
+
+        ``progress=False``: only when its status may have changed (a waiter for the end).
+        """
         while True:
             job = await self.get(job_id)
             yield job
             if job.status.terminal:
                 return
-            await self.notifier.wait_job(job_id, self.settings.poll_interval_s)
+            await self.notifier.wait_job(job_id, self.settings.poll_interval_s, progress=progress)
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobRecord:
         """The job once terminal; :class:`WaitTimeout` after ``timeout`` (the job goes on)."""
         deadline = time.monotonic() + (timeout or self.settings.sync_timeout_s)
-        async for job in self.watch(job_id):
+        async for job in self.watch(job_id, progress=False):
             if job.status.terminal:
                 return job
             if time.monotonic() > deadline:

@@ -289,6 +289,6 @@ class Worker:
             log.exception("job %s: heartbeat failed", job.id)
             return
         run.cancel_requested = run.cancel_requested or cancel
-        self.notifier.job_changed(job.id)
+        self.notifier.job_progressed(job.id)
         if progress:
             self.events.progress(job, *progress)
