@@ -79,6 +79,10 @@ def _throughput_rows(r: Results) -> list[tuple[str, str, str, str]]:
         if total is not None:
             rows.append((f"(1) in-process, {_baseline(clients, ip)}, paired rounds", f"{total.throughput:.3f} img/s",
                          "1.00×", ""))
+        if clients > 1 and rounds.total(*base) and rounds.total("reference", clients):
+            ceiling = rounds.ratio("inprocess", clients, ("reference", clients))
+            rows.append((f"(1) ÷ (2): ceiling for any server over the reference, {clients} clients",
+                         _x(ceiling), "", "in-process best batch vs reference"))
         for kind, label in SERVERS:
             total = rounds.total(kind, clients)
             if total is None:
