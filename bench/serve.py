@@ -63,7 +63,7 @@ class Plan:
     def for_args(cls, quick: bool) -> "Plan":
         if quick:
             return cls((1, 2, 4, 8), 2, 1, 2, 1, 1, 2, 5)
-        return cls((1, 2, 4, 8), 8, 3, 20, 6, 1, 5, 30)
+        return cls((1, 2, 4, 8), 8, 3, 20, 10, 1, 5, 30)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
