@@ -324,16 +324,31 @@ class JobStore:
 
         Raises :class:`LeaseLost` when the job is no longer running under this worker+attempt.
         """
+        cancel = self.heartbeats([(job_id, attempt)], worker, lease_s=lease_s, progress=progress)[job_id]
+        if cancel is None:
+            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker!r}", param="job_id")
+        return cancel
+
+    def heartbeats(
+        self, held: list[tuple[str, int]], worker: str, *, lease_s: float,
+        progress: tuple[int, int] | None = None,
+    ) -> dict[str, bool | None]:
+        """:meth:`heartbeat` for every (job id, attempt) of a batch, in one transaction.
+
+        One commit (one fsync) per beat instead of one per job. Returns, per job id,
+        whether its cancellation was requested, or None when its lease is lost.
+        """
         now = _now()
         values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
         if progress is not None:
             values["progress_step"], values["progress_total"] = progress
+        answers: dict[str, bool | None] = {}
         with write_transaction(self.engine) as conn:
-            stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(values)
-            cancel = conn.execute(stmt.returning(jobs.c.cancel_requested)).scalar_one_or_none()
-        if cancel is None:
-            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker!r}", param="job_id")
-        return bool(cancel)
+            for job_id, attempt in held:
+                stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(values)
+                cancel = conn.execute(stmt.returning(jobs.c.cancel_requested)).scalar_one_or_none()
+                answers[job_id] = None if cancel is None else bool(cancel)
+        return answers
 
     def complete(
         self, job_id: str, worker: str, attempt: int, *, result_ids: list[str], seeds: list[int],

@@ -32,7 +32,7 @@ from pixelmill.engine.runner import CancelToken, EngineRunner, EngineState
 from pixelmill.errors import GenerationCanceled, GenerationFailed, PixelmillError
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
-from pixelmill.jobs.store import JobStore, LeaseLost
+from pixelmill.jobs.store import JobStore
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -267,28 +267,32 @@ class Worker:
             except TimeoutError:
                 pass
             batch.changed.clear()
-            for run in batch.runs:
-                if not run.lease_lost:
-                    await self._beat(run, batch.progress)
+            await self._beat(batch)
             if not any(run.active for run in batch.runs):
                 batch.token.cancel()  # every job of the batch is canceled or lost: stop now
             await asyncio.sleep(self.settings.progress_interval_s)  # bounds store writes per job
 
-    async def _beat(self, run: _Run, progress: tuple[int, int] | None) -> None:
-        """Renew one job's lease, store its progress, and learn whether it was canceled."""
-        job = run.job
+    async def _beat(self, batch: _Batch) -> None:
+        """Renew the batch's leases and store its progress in one transaction, and learn
+        which of its jobs were canceled or lost."""
+        held, progress = [run for run in batch.runs if not run.lease_lost], batch.progress
+        if not held:
+            return
         try:
-            cancel = await asyncio.to_thread(
-                self.store.heartbeat, job.id, self.id, job.attempt, lease_s=self.settings.lease_s, progress=progress
+            answers = await asyncio.to_thread(
+                self.store.heartbeats, [(run.job.id, run.job.attempt) for run in held], self.id,
+                lease_s=self.settings.lease_s, progress=progress,
             )
-        except LeaseLost:
-            log.warning("job %s: lease lost (attempt %d)", job.id, job.attempt)
-            run.lease_lost = True
+        except Exception:  # the store is unreachable: keep working, the leases may still hold
+            log.exception("jobs %s: heartbeat failed", [run.job.id for run in held])
             return
-        except Exception:  # the store is unreachable: keep working, the lease may still hold
-            log.exception("job %s: heartbeat failed", job.id)
-            return
-        run.cancel_requested = run.cancel_requested or cancel
-        self.notifier.job_progressed(job.id)
-        if progress:
-            self.events.progress(job, *progress)
+        for run in held:
+            job, cancel = run.job, answers.get(run.job.id)
+            if cancel is None:
+                log.warning("job %s: lease lost (attempt %d)", job.id, job.attempt)
+                run.lease_lost = True
+                continue
+            run.cancel_requested = run.cancel_requested or cancel
+            self.notifier.job_progressed(job.id)
+            if progress:
+                self.events.progress(job, *progress)

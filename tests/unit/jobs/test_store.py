@@ -178,6 +178,21 @@ def test_heartbeat_progress_cancel_flag_and_lease_lost(store: JobStore):
     assert store.heartbeat(other.id, "w2", 2, lease_s=60) is False
 
 
+def test_heartbeats_of_a_batch_in_one_call(store: JobStore):
+    for prompt in ("one", "two", "three"):
+        store.submit(req(prompt))
+    batch = store.claim("w1", lease_s=60, limit=3)
+    assert len(batch) == 3
+    store.cancel(batch[1].id)
+    held = [(job.id, job.attempt) for job in batch]
+    store.heartbeats([(batch[2].id, batch[2].attempt)], "w2", lease_s=60)  # another worker: changes nothing
+    answers = store.heartbeats(held + [("no-such-job", 1)], "w1", lease_s=60, progress=(3, 8))
+    assert answers == {batch[0].id: False, batch[1].id: True, batch[2].id: False, "no-such-job": None}
+    assert {(store.get(job.id).progress_step, store.get(job.id).progress_total) for job in batch} == {(3, 8)}
+    stale = store.heartbeats([(batch[0].id, batch[0].attempt + 1)], "w1", lease_s=60)
+    assert stale == {batch[0].id: None}  # a stale attempt's lease is lost
+
+
 def test_stale_attempt_cannot_complete(store: JobStore):
     job = store.submit(req())[0]
     claim_one(store, "w1")
