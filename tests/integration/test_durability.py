@@ -51,7 +51,10 @@ def test_server_killed_with_queued_jobs_finishes_them_after_restart(demo_models:
     args = ("--models-dir", str(demo_models), "--model", "demo", *FAST_LEASE)
     first = ServerProcess(tmp_path, *args).start()
     try:
-        ids = [submit(first.url, seed=i, steps=40) for i in range(20)]
+        # A long first job (another batch key: it runs alone) is still running when the
+        # last of the others is queued, however fast this machine makes the short ones.
+        ids = [submit(first.url, seed=0, steps=150, width=256, height=256)]
+        ids += [submit(first.url, seed=i, steps=40) for i in range(1, 20)]
         wait_running(first.url, ids[0])
     finally:
         first.kill()  # kill -9 with one job running and the rest queued
@@ -63,7 +66,8 @@ def test_server_killed_with_queued_jobs_finishes_them_after_restart(demo_models:
         jobs = wait_all(second.url, ids)
         assert [job["status"] for job in jobs] == ["succeeded"] * 20
         assert max(job["attempt"] for job in jobs) <= 2  # the job running at the kill ran again
-        assert decode(httpx.get(jobs[0]["results"][0]["url"]).content).size == (128, 128)
+        assert decode(httpx.get(jobs[0]["results"][0]["url"]).content).size == (256, 256)
+        assert decode(httpx.get(jobs[-1]["results"][0]["url"]).content).size == (128, 128)
     finally:
         second.stop()
 
@@ -151,7 +155,7 @@ def test_sigterm_finishes_the_running_job_twice_releases_it(demo_models: Path, t
     impatient = WorkerProcess(tmp_path / "b", *worker_args)
     try:
         graceful.start().wait_ready()
-        first = submit(api.url, steps=40, width=256, height=256)
+        first = submit(api.url, steps=80, width=256, height=256)
         wait_running(api.url, first)
         graceful.process.terminate()  # one SIGTERM: finish the job, then exit
         assert graceful.process.wait(timeout=60) == 0
