@@ -17,6 +17,7 @@ from pixelmill.engine.engine import Engine  # noqa: E402
 from pixelmill.errors import InvalidRequest, NotFound  # noqa: E402
 from tests.support.engines import make_engine  # noqa: E402
 from tests.support.images import decode, pixels  # noqa: E402
+from tests.support.memory import needs_proc, rss_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +109,9 @@ def test_an_unknown_lora_names_its_parameter(engine):
     assert caught.value.param == "loras[1].name"
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # ~2 min on a quiet 2-core machine; far more under load
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc (Linux)")
+@needs_proc
 def test_adapter_cycling_does_not_grow_memory(models, tmp_path_factory):
     """200 load/use/evict cycles: one resident adapter, two alternating LoRAs."""
     engine = _engine(models, tmp_path_factory, lora_cache_size=1)
@@ -128,10 +124,10 @@ def test_adapter_cycling_does_not_grow_memory(models, tmp_path_factory):
 
     for i in range(20):  # warm-up: allocator pools, lazily created pipeline pieces
         cycle(i)
-    start = _rss_bytes()
+    start = rss_bytes()
     for i in range(200):
         cycle(i)
-    drift = (_rss_bytes() - start) / start
+    drift = (rss_bytes() - start) / start
     assert model.loras.loads >= 220 and len(model.loras.resident) == 1
     assert sum(len(v) for v in model.pipes.base.get_list_adapters().values()) == 3
     assert drift < 0.02, f"RSS grew {drift:.1%} over 200 adapter cycles"

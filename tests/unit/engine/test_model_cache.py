@@ -16,6 +16,7 @@ from pixelmill.engine.engine import Engine  # noqa: E402
 from pixelmill.errors import NotFound  # noqa: E402
 from tests.support.engines import make_engine  # noqa: E402
 from tests.support.images import decode, pixels  # noqa: E402
+from tests.support.memory import needs_proc, rss_bytes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -69,23 +70,18 @@ def test_an_unknown_model_names_its_parameter(models, tmp_path_factory):
     assert caught.value.param == "model"
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # ~1 min on a quiet 2-core machine; far more under load
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc (Linux)")
+@needs_proc
 def test_switching_models_does_not_grow_memory(models, tmp_path_factory):
     engine = _engine(models, tmp_path_factory)
     names = ["second", None]
     for i in range(6):  # warm-up
         generate(engine, names[i % 2])
-    start = _rss_bytes()
+    start = rss_bytes()
     for i in range(50):
         generate(engine, names[i % 2])
-    growth = _rss_bytes() - start
+    growth = rss_bytes() - start
     model_bytes = engine._models.get(engine.model_for(None)).nbytes
     assert engine.loaded_models == ["demo"]
     # A leak of one model per switch would be 50 models (115 MB for the 2.3 MB tiny model);

@@ -22,6 +22,7 @@ from pixelmill.engine.device import DeviceConfig, nan_guard, prepare_pipeline, s
 from pixelmill.engine.loader import load_folder
 from pixelmill.engine.pipelines import PipelineSet
 from pixelmill.errors import GenerationFailed, InvalidRequest, ModelUnavailable
+from tests.support.memory import rss_bytes
 
 SHARED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
@@ -80,22 +81,16 @@ def test_close_frees_the_weights(models_dir):
         pipes.get(Mode.txt2img)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) / 1024
-
-
 def test_extra_modes_add_little_memory_on_bench_model(tmp_path):
     write_demo_models(tmp_path, "bench")
     cfg = select_device("cpu")
     pipes = PipelineSet(load_folder(tmp_path / "checkpoints" / "demo", cfg), "bench", cfg)
     _run(pipes.base)  # allocator and lazy imports settle first
-    before = _rss_mb()
+    before = rss_bytes() / 2**20
     pipes.get(Mode.img2img)
     pipes.get(Mode.inpaint)
     gc.collect()
-    after = _rss_mb()
+    after = rss_bytes() / 2**20
     print(f"RSS txt2img only: {before:.0f} MB, all modes: {after:.0f} MB")
     assert after < before * 1.10
     pipes.close()
