@@ -51,10 +51,10 @@ class Rounds:
 
     def ratio(self, kind: str, clients: int, base: tuple[str, int]) -> float:
         """Median over rounds of this case's throughput divided by ``base``'s in the same round."""
-        mine, theirs = self.runs.get((kind, clients), []), self.runs.get(base, [])
-        return median([ratio(a.throughput, b.throughput) for a, b in zip(mine, theirs)])
+        return median(self.per_round(kind, clients, base))
 
     def per_round(self, kind: str, clients: int, base: tuple[str, int]) -> list[float]:
+        """This case's throughput divided by ``base``'s, round by round."""
         mine, theirs = self.runs.get((kind, clients), []), self.runs.get(base, [])
         return [ratio(a.throughput, b.throughput) for a, b in zip(mine, theirs)]
 
