@@ -1,7 +1,7 @@
 """Result bytes kept in the job database, for deployments with several API hosts.
 
 Same surface as the directory-backed :class:`~pixelmill.jobs.results.ResultStore`
-(``put`` / ``get`` / ``sweep``), so any host can serve a result that a worker on another
+(``put`` / ``put_many`` / ``get`` / ``sweep``), so any host can serve a result that a worker on another
 host produced. Ids are 192-bit random tokens, unguessable like result file names.
 """
 
@@ -49,18 +49,21 @@ class DatabaseResultStore:
 
     def put(self, data: bytes, media_type: str) -> str:
         """Store ``data`` and return its new unguessable 32-character id."""
-        blob_id = secrets.token_urlsafe(24)  # 24 bytes → 32 URL-safe characters
+        return self.put_many([(data, media_type)])[0]
+
+    def put_many(self, files: list[tuple[bytes, str]]) -> list[str]:
+        """Store each ``(data, media_type)`` in one transaction; returns their new ids in order."""
         now = datetime.now(timezone.utc)
-        row = {
-            "id": blob_id,
-            "media_type": media_type,
-            "data": data,
-            "created_at": now,
-            "expires_at": now + timedelta(seconds=self.retention_s),
-        }
-        with write_transaction(self.engine) as conn:
-            conn.execute(sa.insert(blobs), [row])
-        return blob_id
+        expires = now + timedelta(seconds=self.retention_s)
+        rows = [
+            {"id": secrets.token_urlsafe(24), "media_type": media_type, "data": data,  # 192 random bits
+             "created_at": now, "expires_at": expires}
+            for data, media_type in files
+        ]
+        if rows:
+            with write_transaction(self.engine) as conn:
+                conn.execute(sa.insert(blobs), rows)
+        return [row["id"] for row in rows]
 
     def get(self, file_id: str) -> StoredResult:
         """The stored result ``file_id``; :class:`NotFound` when unknown or expired."""

@@ -29,13 +29,20 @@ class ResultStore:
 
     def put(self, data: bytes, media_type: str) -> str:
         """Store ``data`` and return its new unguessable id."""
+        return self.put_many([(data, media_type)])[0]
+
+    def put_many(self, files: list[tuple[bytes, str]]) -> list[str]:
+        """Store each ``(data, media_type)``; returns their new ids in order."""
         self.root.mkdir(parents=True, exist_ok=True)
-        file_id = secrets.token_urlsafe(24)  # 24 bytes → 32 URL-safe characters
-        path = self.root / f"{file_id}.{EXTENSIONS[media_type]}"
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: a reader never sees half a file
-        return file_id
+        ids = []
+        for data, media_type in files:
+            file_id = secrets.token_urlsafe(24)  # 24 bytes → 32 URL-safe characters
+            path = self.root / f"{file_id}.{EXTENSIONS[media_type]}"
+            tmp = path.with_suffix(".part")
+            tmp.write_bytes(data)
+            tmp.replace(path)  # atomic: a reader never sees half a file
+            ids.append(file_id)
+        return ids
 
     def get(self, file_id: str) -> StoredResult:
         """The stored file ``file_id``; :class:`NotFound` when unknown or expired."""

@@ -16,13 +16,14 @@ renders no ``FOR UPDATE`` for SQLite.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from pixelmill.domain import GenerationRequest, JobRecord, JobStatus, WebhookSpec
-from pixelmill.errors import InvalidRequest, NotFound, Overloaded, PixelmillError
+from pixelmill.errors import InvalidRequest, NotFound, Overloaded
 from pixelmill.jobs import tables as t
 from pixelmill.jobs.db import create_db_engine, read_transaction, upgrade_schema, write_transaction
 from pixelmill.jobs.tables import batches, jobs
@@ -39,10 +40,26 @@ BatchKey = Callable[[GenerationRequest], Hashable]
 Compatible = Callable[[GenerationRequest, GenerationRequest], bool]
 
 
-class LeaseLost(PixelmillError):
-    """The job is no longer running under this worker and attempt; stop working on it."""
+@dataclass(frozen=True)
+class Completion:
+    """What a worker stores for one job that finished with results (see :meth:`JobStore.complete`)."""
 
-    code = "lease_lost"
+    job_id: str
+    attempt: int
+    result_ids: list[str]
+    seeds: list[int]
+    gpu_seconds: float
+    sampler: str
+    width: int
+    height: int
+    model: str | None = None
+    control_ids: list[str] = field(default_factory=list)
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        """The row's new values: succeeded, with results and ledger."""
+        ledger = {"gpu_seconds": self.gpu_seconds, "sampler": self.sampler, "width": self.width,
+                  "height": self.height, **({"model": self.model} if self.model else {})}
+        return t.succeeded(now, self.result_ids, self.seeds, self.control_ids, **ledger)
 
 
 def _now() -> datetime:
@@ -316,27 +333,15 @@ class JobStore:
             stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(decide(job))
             return conn.execute(stmt).rowcount == 1
 
-    def heartbeat(
-        self, job_id: str, worker: str, attempt: int, *, lease_s: float,
-        progress: tuple[int, int] | None = None,
-    ) -> bool:
-        """Extend the lease (and store progress); returns whether cancellation was requested.
-
-        Raises :class:`LeaseLost` when the job is no longer running under this worker+attempt.
-        """
-        cancel = self.heartbeats([(job_id, attempt)], worker, lease_s=lease_s, progress=progress)[job_id]
-        if cancel is None:
-            raise LeaseLost(f"job {job_id} attempt {attempt} is no longer held by {worker!r}", param="job_id")
-        return cancel
-
     def heartbeats(
         self, held: list[tuple[str, int]], worker: str, *, lease_s: float,
         progress: tuple[int, int] | None = None,
     ) -> dict[str, bool | None]:
-        """:meth:`heartbeat` for every (job id, attempt) of a batch, in one transaction.
+        """Extend the leases of a batch's jobs (and store its progress) in one transaction.
 
-        One commit (one fsync) per beat instead of one per job. Returns, per job id,
-        whether its cancellation was requested, or None when its lease is lost.
+        One commit (one fsync) per beat, whatever the batch size. Returns, per job id,
+        whether its cancellation was requested, or None when the job is no longer running
+        under this worker and attempt (its lease is lost: stop working on it).
         """
         now = _now()
         values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now}
@@ -360,9 +365,23 @@ class JobStore:
         ``model``, if given, records the model that really ran (the request may say None);
         ``control_ids`` are the stored preprocessed control images, if asked for.
         """
-        ledger = {"gpu_seconds": gpu_seconds, "sampler": sampler, "width": width, "height": height}
-        values = t.succeeded(_now(), result_ids, seeds, control_ids, **ledger, **({"model": model} if model else {}))
-        return self._guarded_transition(job_id, worker, attempt, lambda _job: values)
+        completion = Completion(job_id, attempt, result_ids, seeds, gpu_seconds, sampler, width, height,
+                                model, list(control_ids))
+        return self.complete_batch(worker, [completion])[job_id] is not None
+
+    def complete_batch(self, worker: str, completions: list[Completion]) -> dict[str, JobRecord | None]:
+        """:meth:`complete` for every job of a batch in one transaction (one commit, not one each).
+
+        Returns, per job id, the job as stored now, or None for a stale attempt (nothing changed).
+        """
+        now, done = _now(), {}
+        with write_transaction(self.engine) as conn:
+            for completion in completions:
+                guard = _guard(completion.job_id, worker, completion.attempt)
+                stmt = sa.update(jobs).where(*guard).values(completion.values(now)).returning(*jobs.c)
+                row = conn.execute(stmt).first()
+                done[completion.job_id] = t.job_record(row._mapping) if row is not None else None
+        return done
 
     def fail(
         self, job_id: str, worker: str, attempt: int, *, code: str, message: str, retry: bool = False

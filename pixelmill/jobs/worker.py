@@ -32,7 +32,7 @@ from pixelmill.engine.runner import CancelToken, EngineRunner, EngineState
 from pixelmill.errors import GenerationCanceled, GenerationFailed, PixelmillError
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
-from pixelmill.jobs.store import JobStore
+from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,38 +200,67 @@ class Worker:
             self.events.started(job)
         heartbeat = asyncio.create_task(self._heartbeat(batch))
         try:
-            await self._generate(batch)
+            finished = await self._generate(batch)
         finally:
             heartbeat.cancel()
             self._current = None
         for run in batch.runs:
             if run.lease_lost:
                 continue  # another attempt owns the job now
-            final = await asyncio.to_thread(self.store.get, run.job.id)
+            final = finished.get(run.job.id) or await asyncio.to_thread(self.store.get, run.job.id)
             self.notifier.job_changed(run.job.id)
             if final.status.terminal:
                 self.events.completed(final)
 
-    async def _generate(self, batch: _Batch) -> None:
+    async def _generate(self, batch: _Batch) -> dict[str, JobRecord]:
+        """Run the batch and store its outcome; returns the jobs it completed, as stored."""
         requests = [run.job.request for run in batch.runs]
         try:
             results = await self.runner.generate_batch(requests, on_progress=batch.on_progress, cancel=batch.token)
         except GenerationCanceled:
             await asyncio.gather(*(self._interrupted(run) for run in batch.runs))
-            return
+            return {}
         except PixelmillError as exc:
             retry = isinstance(exc, GenerationFailed) and exc.code in RETRYABLE_CODES
             log.warning("jobs %s failed: %s", [r.job.id for r in batch.runs], exc.message)
             await asyncio.gather(*(
                 self._guarded("fail", run, code=exc.code, message=exc.message, retry=retry) for run in batch.runs
             ))
-            return
+            return {}
+        done = []
         for run, result in zip(batch.runs, results):
             if run.cancel_requested:
                 # The batch finished for the others; a job canceled meanwhile discards its images.
                 await self._guarded("mark_canceled", run)
             elif not run.lease_lost:
-                await self._store_result(run, result)
+                done.append((run, result))
+        return await self._complete(done)
+
+    async def _complete(self, done: list[tuple[_Run, JobResult]]) -> dict[str, JobRecord]:
+        """Store the images of a batch's finished jobs, then complete the jobs.
+
+        Two writes for the whole batch (its files, then one transaction for its jobs),
+        not two per job: the clients of every job in the batch wait for the last one.
+        """
+        if not done:
+            return {}
+        files = [(image.data, image.media_type)
+                 for _, result in done for image in (*result.images, *result.control_images)]
+        ids = iter(await asyncio.to_thread(self.results.put_many, files))
+        completions = []
+        for run, result in done:
+            result_ids = [next(ids) for _ in result.images]
+            control_ids = [next(ids) for _ in result.control_images]
+            completions.append(Completion(
+                run.job.id, run.job.attempt, result_ids, [image.seed for image in result.images],
+                result.gpu_seconds, result.sampler, result.width, result.height, result.model, control_ids,
+            ))
+        stored = await asyncio.to_thread(self.store.complete_batch, self.id, completions)
+        for run, _ in done:
+            if stored[run.job.id] is None:
+                log.warning("job %s: attempt %d is stale; its results were discarded", run.job.id, run.job.attempt)
+                run.lease_lost = True  # another attempt owns the job now
+        return {job_id: job for job_id, job in stored.items() if job is not None}
 
     async def _interrupted(self, run: _Run) -> None:
         if run.lease_lost:
@@ -241,16 +270,6 @@ class Worker:
         else:
             log.info("job %s: released back to the queue (worker stopping)", run.job.id)
             await self._guarded("release", run)
-
-    async def _store_result(self, run: _Run, result: JobResult) -> None:
-        put = self.results.put
-        ids = [await asyncio.to_thread(put, image.data, image.media_type) for image in result.images]
-        control_ids = [await asyncio.to_thread(put, image.data, image.media_type) for image in result.control_images]
-        await self._guarded(
-            "complete", run, result_ids=ids, seeds=[image.seed for image in result.images], control_ids=control_ids,
-            gpu_seconds=result.gpu_seconds, sampler=result.sampler, width=result.width, height=result.height,
-            model=result.model,
-        )
 
     async def _guarded(self, method: str, run: _Run, **kwargs) -> bool:
         """Call a (job, worker, attempt)-guarded store method; False when the attempt was stale."""

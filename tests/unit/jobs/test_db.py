@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from pixelmill.errors import NotFound
 from pixelmill.jobs.blobs import DatabaseResultStore, StoredResult
 from pixelmill.jobs.db import create_db_engine, normalise_url, upgrade_schema
+from pixelmill.jobs.results import ResultStore
 from pixelmill.jobs.store import JobStore
 from pixelmill.jobs.tables import Base
 
@@ -131,3 +132,13 @@ def test_blobs_put_get_expiry_and_sweep(store: JobStore):
     for bad in ("../../etc/passwd", "*", "a" * 31, ""):
         with pytest.raises(NotFound):
             blobs.get(bad)
+
+
+@pytest.mark.parametrize("kind", ["directory", "database"])
+def test_put_many_stores_every_file_in_order(kind: str, store: JobStore, tmp_path):
+    results = ResultStore(tmp_path / "files", 60) if kind == "directory" else DatabaseResultStore(store.engine, 60)
+    files = [(b"first", "image/png"), (b"second", "image/webp"), (b"third", "image/jpeg")]
+    ids = results.put_many(files)
+    assert len(set(ids)) == 3
+    assert [(results.get(file_id).read(), results.get(file_id).media_type) for file_id in ids] == files
+    assert results.put_many([]) == []

@@ -12,7 +12,7 @@ import pytest
 
 from pixelmill.domain import GenerationRequest, JobStatus, Mode, WebhookSpec
 from pixelmill.errors import InvalidRequest, NotFound, Overloaded
-from pixelmill.jobs.store import JobStore, LeaseLost
+from pixelmill.jobs.store import Completion, JobStore
 
 LATER = timedelta(hours=1)
 
@@ -158,24 +158,24 @@ def test_claim_with_batch_key_takes_compatible_jobs(store: JobStore):
 
 
 def test_heartbeat_progress_cancel_flag_and_lease_lost(store: JobStore):
+    def beat(job_id: str, worker: str, attempt: int, **progress) -> bool | None:
+        return store.heartbeats([(job_id, attempt)], worker, lease_s=60, **progress)[job_id]
+
     store.submit(req())
     job = claim_one(store, "w1")
-    assert store.heartbeat(job.id, "w1", 1, lease_s=60, progress=(2, 4)) is False
+    assert beat(job.id, "w1", 1, progress=(2, 4)) is False
     assert (store.get(job.id).progress_step, store.get(job.id).progress_total) == (2, 4)
     assert store.cancel(job.id).cancel_requested
-    assert store.heartbeat(job.id, "w1", 1, lease_s=60) is True
+    assert beat(job.id, "w1", 1) is True
     store.submit(req("second"))
     other = claim_one(store, "w1")
     assert set(reap_all(store)) == {job.id, other.id}
     assert store.get(other.id).status is JobStatus.queued
     assert store.get(job.id).status is JobStatus.canceled  # cancel was requested: not retried
-    with pytest.raises(LeaseLost) as info:
-        store.heartbeat(other.id, "w1", 1, lease_s=60)
-    assert info.value.code == "lease_lost"
+    assert beat(other.id, "w1", 1) is None  # requeued: the lease is lost
     assert claim_one(store, "w2").attempt == 2
-    with pytest.raises(LeaseLost):
-        store.heartbeat(other.id, "w1", 1, lease_s=60)
-    assert store.heartbeat(other.id, "w2", 2, lease_s=60) is False
+    assert beat(other.id, "w1", 1) is None
+    assert beat(other.id, "w2", 2) is False
 
 
 def test_heartbeats_of_a_batch_in_one_call(store: JobStore):
@@ -212,6 +212,29 @@ def test_stale_attempt_cannot_complete(store: JobStore):
     assert [j.id for j in store.ledger()] == [job.id]
 
 
+def test_a_batch_completes_in_one_call_and_returns_the_stored_jobs(store: JobStore):
+    for prompt in ("one", "two", "three"):
+        store.submit(req(prompt))
+    batch = store.claim("w1", lease_s=60, limit=3)
+    reap_all(store)
+    stolen = claim_one(store, "w2")  # batch[0], now attempt 2 under another worker
+    assert stolen.id == batch[0].id
+    store.claim("w1", lease_s=60, limit=2)  # batch[1] and batch[2] again, attempt 2 under w1
+
+    def completion(job, attempt, result):
+        return Completion(job.id, attempt, [result], [job.request.seed], 0.5, "euler", 64, 64, model="demo")
+
+    done = store.complete_batch("w1", [completion(batch[0], 1, "a"), completion(batch[1], 2, "b"),
+                                       completion(batch[2], 1, "stale")])
+    assert done[batch[0].id] is None and done[batch[2].id] is None  # another worker's, a stale attempt
+    assert done[batch[1].id] == store.get(batch[1].id)
+    stored = store.get(batch[1].id)
+    assert stored.status is JobStatus.succeeded and stored.result_ids == ["b"] and stored.gpu_seconds == 0.5
+    assert stored.model == "demo" and stored.images == 1
+    assert store.get(batch[0].id).status is JobStatus.running and store.get(batch[0].id).worker == "w2"
+    assert store.get(batch[2].id).status is JobStatus.running and store.get(batch[2].id).result_ids == []
+
+
 def test_reap_requeues_then_fails_worker_lost(store: JobStore):
     job = store.submit(req(), max_attempts=2)[0]
     fresh = store.submit(req("fresh"))[0]
@@ -244,8 +267,7 @@ def test_terminal_states_never_change(store: JobStore):
                                   sampler="s", width=64, height=64)
         assert not store.fail(job_id, "w1", 1, code="x", message="y", retry=True)
         assert not store.mark_canceled(job_id, "w1", 1) and not store.release(job_id, "w1", 1)
-        with pytest.raises(LeaseLost):
-            store.heartbeat(job_id, "w1", 1, lease_s=10)
+        assert store.heartbeats([(job_id, 1)], "w1", lease_s=10) == {job_id: None}
         assert store.get(job_id) == before
     assert store.claim("w9", lease_s=60) == []
 
