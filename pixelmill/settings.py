@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     it at this granularity). Shorter is smoother but costs throughput: each write is a
     committed transaction per job."""
     poll_interval_s: float = Field(0.2, gt=0)
-    """How often an idle worker (or a waiting API call) looks at the store for news."""
+    """How often an idle worker (or a waiting API call) looks at the store for news. A call
+    waiting on a job that runs on a worker of its own process is told of every change
+    and looks only every ``heartbeat_s``, in case that worker died."""
     max_attempts: int = Field(3, ge=1)
     """Runs of a job before it fails for good (a worker that died counts as a run)."""
     max_queued: int = Field(1000, ge=1)

@@ -1,14 +1,38 @@
 """In-process wake-ups: a worker or waiter in this process learns of news at once.
 
-The job store is the source of truth; this only shortens waits. Waiters on other
-hosts (an API host whose worker runs elsewhere) fall back to polling the store every
-``poll_interval_s``, so nothing depends on a notification arriving.
+The job store is the source of truth; this only shortens waits. A waiter whose job
+may change elsewhere (queued: any host's worker may claim it; running on another
+process's worker) polls the store every ``poll_interval_s``, so nothing depends on a
+notification arriving. A job running on a worker of this process changes only through
+that worker, which announces every change here: its waiters need not poll (each poll
+is a store read, taking CPU from the engine on the same machine), only check now and
+then (``heartbeat_s``) that the worker is still alive.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pixelmill.domain import JobRecord, JobStatus
+
+
+class JobNews:
+    """News of one job since the last :meth:`wait` (see :meth:`Notifier.listen`)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        """Return at once if there was news since the last call, else at the next news
+        or after ``timeout`` seconds (then poll the store)."""
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except TimeoutError:
+            pass
+        self.event.clear()
 
 
 class Notifier:
@@ -17,6 +41,15 @@ class Notifier:
     def __init__(self) -> None:
         self._job_waiters: dict[str, dict[asyncio.Event, bool]] = defaultdict(dict)  # event -> wants progress
         self._work = asyncio.Event()
+        self._local_workers: set[str] = set()
+
+    def add_worker(self, worker_id: str) -> None:
+        """``worker_id`` runs in this process and announces every change it makes here."""
+        self._local_workers.add(worker_id)
+
+    def announces(self, job: JobRecord) -> bool:
+        """Whether every change of ``job`` is announced here: it runs on a worker of this process."""
+        return job.status is JobStatus.running and job.worker in self._local_workers
 
     def job_changed(self, job_id: str) -> None:
         """Wake everyone waiting on ``job_id`` (its status or result changed)."""
@@ -33,18 +66,20 @@ class Notifier:
             if wants_progress:
                 event.set()
 
-    async def wait_job(self, job_id: str, timeout: float, *, progress: bool = True) -> None:
-        """Return when ``job_id`` changes here (or progresses, if ``progress``), or after
-        ``timeout`` seconds (poll then)."""
-        event = asyncio.Event()
-        self._job_waiters[job_id][event] = progress
+    @contextmanager
+    def listen(self, job_id: str, *, progress: bool = True) -> Iterator[JobNews]:
+        """Register for news of ``job_id`` (its changes; its progress too, if ``progress``).
+
+        Listen *before* reading the job: news that comes between the read and the wait
+        is kept, not lost (a lost announcement would cost a whole poll interval).
+        """
+        news = JobNews()
+        self._job_waiters[job_id][news.event] = progress
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+            yield news
         finally:
             waiters = self._job_waiters[job_id]
-            waiters.pop(event, None)
+            waiters.pop(news.event, None)
             if not waiters:
                 del self._job_waiters[job_id]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, WebhookSpec, resolve_seed
 from pixelmill.errors import GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
@@ -135,21 +135,27 @@ class JobService:
 
         ``progress=False``: only when its status may have changed (a waiter for the end).
         """
-        while True:
-            job = await self.get(job_id)
-            yield job
-            if job.status.terminal:
-                return
-            await self.notifier.wait_job(job_id, self.settings.poll_interval_s, progress=progress)
+        with self.notifier.listen(job_id, progress=progress) as news:
+            while True:
+                job = await self.get(job_id)
+                yield job
+                if job.status.terminal:
+                    return
+                # A job on this process's own worker: every change is announced (see notify).
+                announced = self.notifier.announces(job)
+                await news.wait(self.settings.heartbeat_s if announced else self.settings.poll_interval_s)
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> JobRecord:
         """The job once terminal; :class:`WaitTimeout` after ``timeout`` (the job goes on)."""
-        deadline = time.monotonic() + (timeout or self.settings.sync_timeout_s)
-        async for job in self.watch(job_id, progress=False):
-            if job.status.terminal:
-                return job
-            if time.monotonic() > deadline:
-                break
+        deadline = asyncio.timeout(timeout or self.settings.sync_timeout_s)
+        try:
+            async with deadline, aclosing(self.watch(job_id, progress=False)) as looks:
+                async for job in looks:
+                    if job.status.terminal:
+                        return job
+        except TimeoutError:
+            if not deadline.expired():
+                raise
         raise WaitTimeout(f"job {job_id} did not finish in time; follow it at /v1/jobs/{job_id}")
 
     async def run(self, request: GenerationRequest, **submit_args) -> JobRecord:

@@ -109,6 +109,7 @@ class Worker:
         self.notifier = notifier
         self.events = events
         self.id = worker_id or settings.worker_id or default_worker_id()
+        notifier.add_worker(self.id)  # its waiters here need not poll the store
         self._stop = asyncio.Event()
         self._current: _Batch | None = None
         self._last_reap = 0.0

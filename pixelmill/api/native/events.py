@@ -27,8 +27,8 @@ def sse(event: str, data: dict) -> bytes:
 async def job_events(service: JobService, job_id: str, base_url: str) -> AsyncIterator[tuple[str, dict, JobRecord]]:
     """(event, data, job) for each look at the job; ``event`` is "" when nothing changed.
 
-    Ends after the terminal event. Looks come every ``poll_interval_s`` or sooner when
-    a worker in this process reports a change.
+    Ends after the terminal event. Looks come when a worker in this process reports a
+    change, else every ``poll_interval_s`` (see :meth:`JobService.watch`).
     """
     seen: set[tuple] = set()
     async for job in service.watch(job_id):

@@ -1,19 +1,29 @@
-"""In-process wake-ups: who is woken by a status change and who by progress."""
+"""In-process wake-ups: who is woken by a status change and who by progress, and how
+often a waiter reads the store (polls only for jobs whose changes are not announced)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
+
+from pixelmill.domain import GenerationRequest, JobStatus
+from pixelmill.errors import WaitTimeout
 from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.service import JobService
+from pixelmill.jobs.store import JobStore
+from pixelmill.settings import Settings
 
 
 async def _woken(notifier: Notifier, signal: str, *, progress: bool) -> bool:
-    """Whether a waiter (wanting progress or not) returns before its timeout after ``signal``."""
-    waiter = asyncio.ensure_future(notifier.wait_job("job-1", timeout=5, progress=progress))
-    await asyncio.sleep(0)  # let it register
-    getattr(notifier, signal)("job-1")
-    done, _ = await asyncio.wait({waiter}, timeout=0.5)
-    waiter.cancel()
+    """Whether a listener (wanting progress or not) wakes before its timeout after ``signal``."""
+    with notifier.listen("job-1", progress=progress) as news:
+        waiter = asyncio.ensure_future(news.wait(timeout=5))
+        await asyncio.sleep(0)
+        getattr(notifier, signal)("job-1")
+        done, _ = await asyncio.wait({waiter}, timeout=0.5)
+        waiter.cancel()
     return bool(done)
 
 
@@ -29,12 +39,119 @@ def test_progress_wakes_only_waiters_that_want_it():
     assert not asyncio.run(_woken(notifier, "job_progressed", progress=False))
 
 
-def test_waiters_are_forgotten_once_they_return():
+def test_news_between_a_read_and_the_wait_is_kept():
+    notifier = Notifier()
+
+    async def scenario() -> float:
+        with notifier.listen("job-1") as news:
+            notifier.job_changed("job-1")  # e.g. while the job was being read
+            started = time.monotonic()
+            await news.wait(timeout=5)
+            return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 0.5
+
+
+def test_listeners_are_forgotten_once_they_leave():
     notifier = Notifier()
 
     async def scenario() -> None:
-        await notifier.wait_job("job-1", timeout=0.01)
-        await asyncio.wait_for(notifier.wait_job("job-2", timeout=0.01, progress=False), 1)
+        with notifier.listen("job-1") as news:
+            await news.wait(timeout=0.01)
+        with notifier.listen("job-2", progress=False) as news:
+            await asyncio.wait_for(news.wait(timeout=0.01), 1)
 
     asyncio.run(scenario())
     assert notifier._job_waiters == {}
+
+
+# ---- waiting on a job: announced changes vs polling ---------------------------------------
+
+
+class CountingStore(JobStore):
+    """The real store, counting the job reads a waiter makes."""
+
+    reads = 0
+
+    def get(self, job_id: str):
+        self.reads += 1
+        return super().get(job_id)
+
+
+@pytest.fixture
+def counting_store(db_url: str):
+    store = CountingStore.open(db_url)
+    yield store
+    store.engine.dispose()
+
+
+def _service(store: JobStore, notifier: Notifier, **settings) -> JobService:
+    # wait/watch never look at the model catalog
+    return JobService(Settings(poll_interval_s=0.1, heartbeat_s=5, **settings), store, None, notifier)
+
+
+def _running_job(store: JobStore, worker: str):
+    store.submit(GenerationRequest(prompt="a fox", steps=4, width=64, height=64))
+    (job,) = store.claim(worker, lease_s=60)
+    return job
+
+
+def _complete(store: JobStore, job, worker: str) -> None:
+    assert store.complete(job.id, worker, job.attempt, result_ids=["r"], seeds=[1], gpu_seconds=1.0,
+                          sampler="euler", width=64, height=64)
+
+
+def test_a_job_on_this_process_worker_is_not_polled(counting_store: CountingStore):
+    notifier = Notifier()
+    notifier.add_worker("local")
+    service = _service(counting_store, notifier)
+    job = _running_job(counting_store, "local")
+
+    async def scenario():
+        waiter = asyncio.ensure_future(service.wait(job.id))
+        await asyncio.sleep(1.0)  # ten poll intervals
+        reads_while_running = counting_store.reads
+        await asyncio.to_thread(_complete, counting_store, job, "local")
+        notifier.job_changed(job.id)  # what the local worker does after storing a result
+        started = time.monotonic()
+        done = await asyncio.wait_for(waiter, 2)
+        return reads_while_running, time.monotonic() - started, done
+
+    reads, latency, done = asyncio.run(scenario())
+    assert reads == 1  # the first look only: the worker announces every change
+    assert latency < 0.5 and done.status is JobStatus.succeeded
+
+
+def test_a_job_on_another_process_worker_is_polled(counting_store: CountingStore):
+    notifier = Notifier()
+    notifier.add_worker("local")
+    service = _service(counting_store, notifier)
+    job = _running_job(counting_store, "elsewhere")
+
+    async def scenario():
+        waiter = asyncio.ensure_future(service.wait(job.id))
+        await asyncio.sleep(1.0)
+        reads_while_running = counting_store.reads
+        await asyncio.to_thread(_complete, counting_store, job, "elsewhere")  # nobody announces it here
+        started = time.monotonic()
+        done = await asyncio.wait_for(waiter, 2)
+        return reads_while_running, time.monotonic() - started, done
+
+    reads, latency, done = asyncio.run(scenario())
+    assert reads >= 5  # every poll interval (0.1 s)
+    assert latency < 0.5 and done.status is JobStatus.succeeded
+
+
+def test_a_wait_times_out_on_time_even_between_slow_polls(counting_store: CountingStore):
+    notifier = Notifier()
+    notifier.add_worker("local")
+    service = _service(counting_store, notifier)
+    job = _running_job(counting_store, "local")
+
+    async def scenario() -> float:
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout):
+            await service.wait(job.id, timeout=0.3)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.0  # not the 5 s safety poll
