@@ -70,25 +70,32 @@ def requests_for(count: int, first: int, size: int, steps: int):
 def measure_throughput(engine, *, batches: list[int], min_images: int, min_calls: int,
                        size: int, steps: int) -> Throughput:
     """Time ``generate_batch`` at each batch size: at least ``min_images`` images and
-    ``min_calls`` calls per size, each call with fresh prompts and seeds."""
+    ``min_calls`` calls per size, each call with fresh prompts and seeds.
+
+    The sizes take turns (each round one call of every size that needs more, in rotating
+    order): measured one after the other, a size timed in a fast minute of this drifting
+    machine could look best and be chosen as the batch size for the rest of the run.
+    """
     result, counter = Throughput(), 10_000
     # Warm-up: the first call pays for lazy initialisation and allocator growth; the
     # largest batch is warmed too so its bigger buffers are not paid inside the timing.
     for warm in sorted({1, max(batches)}):
         engine.generate_batch(requests_for(warm, 0, size, steps))
-    for batch in batches:
-        calls = max(min_calls, math.ceil(min_images / batch))
-        durations = []
-        for _ in range(calls):
+    calls = {batch: max(min_calls, math.ceil(min_images / batch)) for batch in batches}
+    durations: dict[int, list[float]] = {batch: [] for batch in batches}
+    for turn in range(max(calls.values())):
+        due = [batch for batch in batches if len(durations[batch]) < calls[batch]]
+        for batch in due[turn % len(due):] + due[:turn % len(due)]:
             requests = requests_for(batch, counter, size, steps)
             counter += batch
             started = time.perf_counter()
             engine.generate_batch(requests)
-            durations.append(time.perf_counter() - started)
-        result.seconds_per_call[batch] = durations
-        result.per_batch[batch] = batch / median(durations)
+            durations[batch].append(time.perf_counter() - started)
+    for batch in batches:
+        result.seconds_per_call[batch] = durations[batch]
+        result.per_batch[batch] = batch / median(durations[batch])
         print(f"  batch {batch}: {result.per_batch[batch]:.3f} images/s "
-              f"({calls} calls, median {median(durations):.2f} s/call)", flush=True)
+              f"({calls[batch]} calls, median {median(durations[batch]):.2f} s/call)", flush=True)
     return result
 
 
