@@ -101,45 +101,39 @@ def _complete(store: JobStore, job, worker: str) -> None:
                           sampler="euler", width=64, height=64)
 
 
-def test_a_job_on_this_process_worker_is_not_polled(counting_store: CountingStore):
+def _wait_out(store: CountingStore, worker: str) -> tuple[int, float, JobStatus]:
+    """Wait on a job that runs on ``worker`` (this process's worker is "local") for 1 s, then
+    complete it as that worker would. Returns the store reads while it ran, how long the
+    waiter took to see the end, and the status it saw."""
     notifier = Notifier()
     notifier.add_worker("local")
-    service = _service(counting_store, notifier)
-    job = _running_job(counting_store, "local")
+    service = _service(store, notifier)
+    job = _running_job(store, worker)
 
     async def scenario():
         waiter = asyncio.ensure_future(service.wait(job.id))
         await asyncio.sleep(1.0)  # ten poll intervals
-        reads_while_running = counting_store.reads
-        await asyncio.to_thread(_complete, counting_store, job, "local")
-        notifier.job_changed(job.id)  # what the local worker does after storing a result
+        reads_while_running = store.reads
+        await asyncio.to_thread(_complete, store, job, worker)
+        if worker == "local":
+            notifier.job_changed(job.id)  # what the local worker does after storing a result
         started = time.monotonic()
         done = await asyncio.wait_for(waiter, 2)
-        return reads_while_running, time.monotonic() - started, done
+        return reads_while_running, time.monotonic() - started, done.status
 
-    reads, latency, done = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_job_on_this_process_worker_is_not_polled(counting_store: CountingStore):
+    reads, latency, status = _wait_out(counting_store, "local")
     assert reads == 1  # the first look only: the worker announces every change
-    assert latency < 0.5 and done.status is JobStatus.succeeded
+    assert latency < 0.5 and status is JobStatus.succeeded
 
 
 def test_a_job_on_another_process_worker_is_polled(counting_store: CountingStore):
-    notifier = Notifier()
-    notifier.add_worker("local")
-    service = _service(counting_store, notifier)
-    job = _running_job(counting_store, "elsewhere")
-
-    async def scenario():
-        waiter = asyncio.ensure_future(service.wait(job.id))
-        await asyncio.sleep(1.0)
-        reads_while_running = counting_store.reads
-        await asyncio.to_thread(_complete, counting_store, job, "elsewhere")  # nobody announces it here
-        started = time.monotonic()
-        done = await asyncio.wait_for(waiter, 2)
-        return reads_while_running, time.monotonic() - started, done
-
-    reads, latency, done = asyncio.run(scenario())
+    reads, latency, status = _wait_out(counting_store, "elsewhere")  # nobody announces its end here
     assert reads >= 5  # every poll interval (0.1 s)
-    assert latency < 0.5 and done.status is JobStatus.succeeded
+    assert latency < 0.5 and status is JobStatus.succeeded
 
 
 def test_a_wait_times_out_on_time_even_between_slow_polls(counting_store: CountingStore):
