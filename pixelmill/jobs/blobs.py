@@ -1,8 +1,8 @@
 """Result bytes kept in the job database, for deployments with several API hosts.
 
 Same surface as the directory-backed :class:`~pixelmill.jobs.results.ResultStore`
-(``put`` / ``put_many`` / ``get`` / ``sweep``), so any host can serve a result that a worker on another
-host produced. Ids are 192-bit random tokens, unguessable like result file names.
+(``put`` / ``put_many`` / ``get`` / ``sweep``), so any host can serve a result that a
+worker on another host produced. Ids are 192-bit random tokens, unguessable like result file names.
 """
 
 from __future__ import annotations

@@ -206,10 +206,12 @@ class Worker:
             heartbeat.cancel()
             self._current = None
         for run in batch.runs:
+            # Waiters here rely on this worker's announcements (see notify), including that
+            # a job it lost has moved on: they look again and learn who holds it now.
+            self.notifier.job_changed(run.job.id)
             if run.lease_lost:
                 continue  # another attempt owns the job now
             final = finished.get(run.job.id) or await asyncio.to_thread(self.store.get, run.job.id)
-            self.notifier.job_changed(run.job.id)
             if final.status.terminal:
                 self.events.completed(final)
 
