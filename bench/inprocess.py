@@ -50,7 +50,7 @@ class Throughput:
 def load_engine(models_dir: Path):
     """A started :class:`Engine` serving the demo model from ``models_dir``."""
     from pixelmill.engine.engine import Engine
-    from pixelmill.registry import ModelRegistry
+    from pixelmill.registry.models_dir import ModelRegistry
     from pixelmill.settings import load_settings
 
     settings = load_settings(models_dir=models_dir, model="demo", data_dir=models_dir.parent / "inprocess")
@@ -61,7 +61,7 @@ def load_engine(models_dir: Path):
 
 def requests_for(count: int, first: int, size: int, steps: int):
     """``count`` requests with distinct prompts and seeds ``first``, ``first + 1``, …"""
-    from pixelmill.domain import GenerationRequest
+    from pixelmill.core.types import GenerationRequest
 
     return [GenerationRequest(prompt=prompt(first + i), seed=first + i, width=size, height=size, steps=steps)
             for i in range(count)]
@@ -136,7 +136,7 @@ def measure_lora(models_dir: Path, *, size: int, steps: int, repeats: int) -> Lo
     cache to one adapter and alternating two LoRAs (each activation evicts and re-reads);
     a hit alternates the same two LoRAs, with different weights, with both resident.
     """
-    from pixelmill.domain import GenerationRequest, LoraSpec
+    from pixelmill.core.types import GenerationRequest, LoraSpec
 
     write_second_lora(models_dir / "loras" / "demo-style.safetensors", models_dir / "loras" / "demo-style-b.safetensors")
     engine = load_engine(models_dir)

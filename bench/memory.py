@@ -43,7 +43,7 @@ def _measure(models_dir: Path, size: int, steps: int) -> dict[str, float]:
     import diffusers  # noqa: F401  (counted in the "imported" baseline)
     import torch  # noqa: F401
 
-    from pixelmill.domain import GenerationRequest, Mode
+    from pixelmill.core.types import GenerationRequest, Mode
     from pixelmill.engine.device import select_device
     from pixelmill.engine.generation import run_batch
     from pixelmill.engine.models import ModelSource, load_source

@@ -18,9 +18,9 @@ from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.results import ResultStore
 from pixelmill.jobs.service import JobService, ModelCatalog
 from pixelmill.jobs.store import JobStore
-from pixelmill.jobs.webhooks import WebhookSender, secret_from
+from pixelmill.outbound.webhooks import WebhookSender, secret_from
 from pixelmill.jobs.worker import Worker, default_worker_id
-from pixelmill.registry import ModelRegistry
+from pixelmill.registry.models_dir import ModelRegistry
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Server settings: one pydantic-settings class, every field a ``PIXELMILL_*`` variable.
 
-The CLI turns every field into a ``--flag`` (see :mod:`pixelmill.cli`), so a setting is
+The CLI turns every field into a ``--flag`` (see :mod:`pixelmill.cli.main`), so a setting is
 documented once, here, and reachable three ways: flag > environment > default.
 Nothing is created at import time; call :func:`load_settings`.
 """

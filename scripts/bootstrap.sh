@@ -4,11 +4,15 @@
 #   scripts/bootstrap.sh          # the server
 #   scripts/bootstrap.sh --test   # the server plus the test tools
 #
-# PyTorch: on a machine without an NVIDIA GPU we install the CPU build (torch==2.13.0;
-# set PIXELMILL_TORCH_INDEX to PyTorch's CPU wheel index if your pip cannot find a CPU
-# build on its own), so no CUDA packages are downloaded. With an NVIDIA GPU (nvidia-smi
-# works) we install torch the usual way, which brings CUDA. PIXELMILL_TORCH overrides
-# the requirement entirely, e.g. PIXELMILL_TORCH="torch==2.13.0".
+# Everything is installed from the lock files in locks/ (the versions the tests ran with;
+# scripts/lock.sh refreshes them), so a fresh machine gets what CI tested, not whatever the
+# package index serves today.
+#
+# PyTorch comes first, at the version in locks/torch.txt, as the build that fits the machine:
+# with an NVIDIA GPU (nvidia-smi works) the usual PyPI build, which brings CUDA; without one
+# the CPU build, from a local wheel when pip is given one (PIP_FIND_LINKS), else from
+# PIXELMILL_TORCH_INDEX (default: PyTorch's CPU wheel index), so no CUDA packages are
+# downloaded. PIXELMILL_TORCH overrides the requirement entirely, e.g. PIXELMILL_TORCH="torch==2.13.0+cu128".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,16 +23,27 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-    if [ -n "${PIXELMILL_TORCH:-}" ]; then
-        echo "bootstrap: installing ${PIXELMILL_TORCH} (PIXELMILL_TORCH)"
-        pip install "${PIXELMILL_TORCH}"
-    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        echo "bootstrap: NVIDIA GPU found: installing the CUDA build of torch"
-        pip install torch
+lock=locks/server.txt
+[ -n "$extras" ] && lock=locks/test.txt
+torch_req=$(grep -E '^torch==' locks/torch.txt)
+venv_py=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+[ "$venv_py" = 3.11 ] || echo "bootstrap: warning: the locks were made and tested on Python 3.11, this is $venv_py" >&2
+
+have_torch=$(.venv/bin/python -c 'import torch; print(torch.__version__.split("+")[0])' 2>/dev/null || true)
+if [ -n "${PIXELMILL_TORCH:-}" ]; then
+    [ -n "$have_torch" ] || { echo "bootstrap: installing ${PIXELMILL_TORCH} (PIXELMILL_TORCH)"; pip install "${PIXELMILL_TORCH}"; }
+elif [ "torch==$have_torch" != "$torch_req" ]; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "bootstrap: NVIDIA GPU found: installing the CUDA build of $torch_req"
+        pip install "$torch_req"
+    elif [ -n "${PIXELMILL_TORCH_INDEX:-}" ]; then
+        echo "bootstrap: no NVIDIA GPU: installing the CPU build of $torch_req from $PIXELMILL_TORCH_INDEX"
+        pip install --no-deps "$torch_req" --index-url "$PIXELMILL_TORCH_INDEX"
     else
-        echo "bootstrap: no NVIDIA GPU: installing the CPU build of torch (torch==2.13.0)"
-        pip install "torch==2.13.0" ${PIXELMILL_TORCH_INDEX:+--index-url "$PIXELMILL_TORCH_INDEX"}
+        echo "bootstrap: no NVIDIA GPU: installing the CPU build of $torch_req"
+        # torch's own dependencies (sympy, networkx, ...) are in the lock, installed next.
+        pip install --no-index --no-deps "$torch_req" 2>/dev/null \
+            || pip install --no-deps "$torch_req" --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
 if [ -n "$extras" ]; then
@@ -45,7 +60,12 @@ if [ -n "$extras" ]; then
         fi
     fi
 fi
-pip install -e ".${extras}" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+# --no-deps: exactly the locked versions, nothing resolved afresh; `pip check` then proves the
+# locked set is complete and consistent.
+echo "bootstrap: installing $lock"
+pip install --no-deps -r "$lock" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+pip install --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+.venv/bin/python -m pip check >/dev/null || { .venv/bin/python -m pip check >&2; echo "bootstrap: the installed packages do not fit together (see above)" >&2; exit 1; }
 
 if .venv/bin/python -m pip list 2>/dev/null | grep -qi '^nvidia-' && ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "bootstrap: warning: CUDA packages are installed on a machine without an NVIDIA GPU" >&2

@@ -3,7 +3,7 @@
 Both dialects accept the same JSON shapes (the OpenAI SDK sends them through
 ``extra_body``; multipart forms may carry them as JSON strings) and translate them here
 into the internal :class:`LoraSpec`, :class:`ControlSpec` and :class:`RefinerSpec`.
-Limits (how many, which ranges) are checked once, in :mod:`pixelmill.validation`.
+Limits (how many, which ranges) are checked once, in :mod:`pixelmill.core.policy`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pixelmill.domain import ControlSpec, LoraSpec, Preprocess, RefinerSpec
-from pixelmill.engine.imageio import reencode_png
+from pixelmill.core.types import ControlSpec, LoraSpec, Preprocess, RefinerSpec
+from pixelmill.images.codecs import reencode_png
 from pixelmill.settings import Settings
 
 

@@ -23,7 +23,7 @@ from pixelmill.auth.bind import is_loopback
 from pixelmill.auth.keys import Principal, parse_rate
 from pixelmill.auth.ratelimit import RateLimiter, retry_after_s
 from pixelmill.auth.store import KeyStore
-from pixelmill.errors import Forbidden, Overloaded, Unauthorized
+from pixelmill.core.errors import Forbidden, Overloaded, Unauthorized
 from pixelmill.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `pixelmill keys create`.")

@@ -20,7 +20,7 @@ from pixelmill.cost.alerts import watch_for
 from pixelmill.cost.ledger import parse_since
 from pixelmill.cost.prices import CostConfigError
 from pixelmill.cost.report import store_report
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 
 router = APIRouter(tags=["Cost"])
 _STATIC = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pixelmill import errors
+from pixelmill.core import errors
 
 log = logging.getLogger("pixelmill.api")
 

@@ -14,7 +14,7 @@ import secrets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelmill.api.errors import error_body
-from pixelmill.errors import PayloadTooLarge, PixelmillError
+from pixelmill.core.errors import PayloadTooLarge, PixelmillError
 
 log = logging.getLogger("pixelmill.api")
 

@@ -17,9 +17,9 @@ from starlette.datastructures import UploadFile
 
 from pixelmill.api.auth import current_principal, require_admin
 from pixelmill.api.deps import ServicesDep
-from pixelmill.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
-from pixelmill.lora_check import check_fits, compatible_bases, inspect_lora
-from pixelmill.registry import PICKLE_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
+from pixelmill.registry.lora_check import check_fits, compatible_bases, inspect_lora
+from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
 from pixelmill.services import Services
 
 router = APIRouter(prefix="/v1", tags=["Models"], dependencies=[Depends(current_principal)])

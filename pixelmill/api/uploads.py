@@ -5,8 +5,8 @@ from __future__ import annotations
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 
-from pixelmill.engine.imageio import decode_upload
-from pixelmill.errors import InvalidRequest
+from pixelmill.images.codecs import decode_upload
+from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
 
 

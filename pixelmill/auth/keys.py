@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 
 KEY_PREFIX = "pm_"
 TOKEN_BYTES = 32

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from pixelmill.auth.keys import (
     ApiKey, Scope, display_prefix, hash_token, looks_like_token, new_key_id, new_token, parse_rate,
 )
-from pixelmill.errors import InvalidRequest, NotFound
-from pixelmill.jobs.db import read_transaction, write_transaction
-from pixelmill.jobs.tables import api_keys, utc, utc_or_none
+from pixelmill.core.errors import InvalidRequest, NotFound
+from pixelmill.db.engine import read_transaction, write_transaction
+from pixelmill.db.tables import api_keys, utc, utc_or_none
 
 MAX_NAME_CHARS = 100
 

@@ -3,7 +3,7 @@
 The API process checks on a timer (``cost_check_interval_s``). A crossing gives a log
 line, bumps the counter shown in ``GET /v1/cost/summary`` (``alerts``), and, when
 ``cost_alert_webhook`` is set, a POST signed exactly like job webhooks (see
-:mod:`pixelmill.jobs.webhooks`) with ``X-Pixelmill-Event: cost.crossover``.
+:mod:`pixelmill.outbound.webhooks`) with ``X-Pixelmill-Event: cost.crossover``.
 
 The first check after start only records where the volume stands: without a stored
 previous state there is nothing to have crossed.
@@ -23,10 +23,10 @@ from typing import Literal
 import httpx
 
 from pixelmill.cost.report import CostReport, store_report
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 from pixelmill.jobs.store import JobStore
-from pixelmill.jobs.webhooks import USER_AGENT, encode_body, secret_from, sign
-from pixelmill.netguard import check_url, guarded_async_client
+from pixelmill.outbound.webhooks import USER_AGENT, encode_body, secret_from, sign
+from pixelmill.outbound.netguard import check_url, guarded_async_client
 
 log = logging.getLogger("pixelmill.cost")
 EVENT = "cost.crossover"

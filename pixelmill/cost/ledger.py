@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 
-from pixelmill.domain import JobRecord
+from pixelmill.core.types import JobRecord
 from pixelmill.jobs.store import JobStore
 
 TRAILING_DAYS = 30

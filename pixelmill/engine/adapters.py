@@ -27,10 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pixelmill.domain import LoraSpec
+from pixelmill.core.types import LoraSpec
 from pixelmill.engine.hotswap import NotHotswappable, UnetLora, UnetSlots
-from pixelmill.errors import InvalidRequest, ModelUnavailable
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable
+from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 
 log = logging.getLogger(__name__)
 

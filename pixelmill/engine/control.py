@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from pixelmill.domain import Preprocess
+from pixelmill.core.types import Preprocess
 from pixelmill.engine.device import DeviceConfig, free_memory
-from pixelmill.engine.imageio import open_png
-from pixelmill.errors import InvalidRequest, ModelUnavailable, PixelmillError
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.images.codecs import open_png
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PixelmillError
+from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ControlNetCache:
     def get(self, names: tuple[str, ...], base_unet_config: Mapping[str, Any]) -> Any:
         """The ControlNet for ``names``: a ``ControlNetModel`` for one, a Multi for several.
 
-        Raises :class:`~pixelmill.errors.NotFound` / :class:`InvalidRequest` naming
+        Raises :class:`~pixelmill.core.errors.NotFound` / :class:`InvalidRequest` naming
         ``controlnets[i].name`` for an unknown or unfitting model, and
         :class:`ModelUnavailable` when its files cannot be loaded.
         """

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pixelmill.errors import GenerationFailed, ModelUnavailable
+from pixelmill.core.errors import GenerationFailed, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def select_device(
     """Resolve a device preference into a :class:`DeviceConfig`.
 
     ``auto`` picks CUDA, then MPS, then CPU. An explicit device that is not available
-    raises :class:`~pixelmill.errors.ModelUnavailable`.
+    raises :class:`~pixelmill.core.errors.ModelUnavailable`.
     """
     device = _resolve_device(preference.strip().lower())
     dtype = torch.float32 if device == "cpu" else torch.float16

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pixelmill import __version__
-from pixelmill.domain import GeneratedImage, GenerationRequest, JobResult, Mode, OutputFormat
+from pixelmill.core.types import GeneratedImage, GenerationRequest, JobResult, Mode, OutputFormat
 from pixelmill.engine.generation import prompt_length_groups, run_batch
-from pixelmill.engine.imageio import a1111_parameters, encode_image
+from pixelmill.images.codecs import a1111_parameters, encode_image
 from pixelmill.engine.models import ModelSource, load_source, resolve_source
-from pixelmill.errors import GenerationFailed, ModelUnavailable, PixelmillError
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.core.errors import GenerationFailed, ModelUnavailable, PixelmillError
+from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 from pixelmill.settings import DEFAULT_HUB_MODEL, DEMO_MODEL, Settings
 
 log = logging.getLogger(__name__)

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelmill.domain import SEED_SPACE, GenerationRequest, Mode, resolve_seed
+from pixelmill.core.types import SEED_SPACE, GenerationRequest, Mode, resolve_seed
 from pixelmill.engine.device import nan_guard
-from pixelmill.engine.imageio import open_png
-from pixelmill.engine.masks import blur_mask, outpaint_canvas, paste_back
+from pixelmill.images.codecs import open_png
+from pixelmill.images.masks import blur_mask, outpaint_canvas, paste_back
 from pixelmill.engine.prompts import chunk_count, encode_prompts
-from pixelmill.engine.schedulers import sampler_label, use_scheduler
-from pixelmill.errors import GenerationCanceled, GenerationFailed
+from pixelmill.core.samplers import sampler_label
+from pixelmill.engine.schedulers import use_scheduler
+from pixelmill.core.errors import GenerationCanceled, GenerationFailed
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _mode_inputs(request: GenerationRequest, width: int, height: int) -> _ModeIn
 
 def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_canceled=None,
               extras: EngineExtras | None = None) -> list[PipelineOutput]:
-    """Run compatible ``requests`` (same :func:`pixelmill.batching.batch_key`) in one pipeline call.
+    """Run compatible ``requests`` (same :func:`pixelmill.core.batching.batch_key`) in one pipeline call.
 
     Every image gets its own prompt, negative prompt and seeded generator, so an image is
     the same whether it was made alone or in a batch. Returns one output per request.

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from pixelmill.validation import MAX_LORAS
+from pixelmill.core.policy import MAX_LORAS
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Only safetensors are ever read: pickle-based formats (``.ckpt``, ``.pt``, ``.bin
 ``.pth``, ``.pkl``) can run arbitrary code when opened and are refused by name,
 before any file is touched. Every loader returns the pipeline already passed through
 :func:`pixelmill.engine.device.prepare_pipeline`; any loading failure becomes
-:class:`~pixelmill.errors.ModelUnavailable` with the underlying cause in the message.
+:class:`~pixelmill.core.errors.ModelUnavailable` with the underlying cause in the message.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelmill.engine.device import DeviceConfig, prepare_pipeline
-from pixelmill.errors import ModelUnavailable, PixelmillError
+from pixelmill.core.errors import ModelUnavailable, PixelmillError
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pixelmill.errors import ModelUnavailable, NotFound
-from pixelmill.registry import PICKLE_SUFFIXES, ModelKind, ModelRegistry
+from pixelmill.core.errors import ModelUnavailable, NotFound
+from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelKind, ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from pixelmill.domain import Mode
+from pixelmill.core.types import Mode
 from pixelmill.engine.device import DeviceConfig, apply_placement
-from pixelmill.errors import GenerationFailed
+from pixelmill.core.errors import GenerationFailed
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ into the embeddings ``StableDiffusionXL*Pipeline.__call__`` accepts instead of t
 - SDXL semantics: penultimate hidden states of both encoders, concatenated; the pooled
   embedding from ``text_encoder_2``. ``clip_skip`` picks an earlier layer for the
   prompt (not the negative prompt), exactly as diffusers does for text.
-- Weights: :func:`pixelmill.prompt_syntax.parse_emphasis` segments go to compel as
+- Weights: :func:`pixelmill.core.prompt_syntax.parse_emphasis` segments go to compel as
   already-parsed fragments. compel's own prompt grammar is skipped on purpose: it would
   read ``word+``, ``.and()`` or ``withLora(...)`` in user text as operators. Weighting
   follows compel (a weight above 1 scales the distance from the empty prompt; below 1
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from pixelmill.errors import InvalidRequest
-from pixelmill.prompt_syntax import Segment, is_plain, parse_emphasis, segments_text
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.core.prompt_syntax import Segment, is_plain, parse_emphasis, segments_text
 
 
 @dataclass

@@ -29,8 +29,8 @@ import torch
 
 from pixelmill.engine.device import COMPILE_MODE, DeviceConfig, apply_placement, free_memory
 from pixelmill.engine.schedulers import make_scheduler, use_scheduler
-from pixelmill.errors import InvalidRequest, ModelUnavailable, PixelmillError
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PixelmillError
+from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from pixelmill.domain import GenerationRequest, JobResult, Progress
-from pixelmill.errors import ModelUnavailable
-from pixelmill.registry import ModelRegistry
+from pixelmill.core.types import GenerationRequest, JobResult, Progress
+from pixelmill.core.errors import ModelUnavailable
+from pixelmill.registry.models_dir import ModelRegistry
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,8 @@
-"""Scheduler (sampler) names: canonical ids, A1111 labels, and fresh instances per call.
+"""Fresh diffusers schedulers per call, built from a canonical sampler name.
 
-Requests name a scheduler loosely ("DPM++ 2M Karras", "dpm++_2m_karras", "euler-a");
-:func:`canonical_scheduler` maps that to one canonical id such as ``dpmpp_2m_karras``,
 :func:`make_scheduler` builds the diffusers scheduler from the model's own scheduler
-config (so its noise schedule is kept), and :func:`sampler_label` gives the A1111 label
-written into PNG metadata.
+config (so its noise schedule is kept); names are resolved by
+:mod:`pixelmill.core.samplers`.
 
 Schedulers are stateful (step index, multistep history), so one instance must never
 serve two generations. The engine uses :func:`use_scheduler`, which swaps a *fresh*
@@ -16,105 +14,11 @@ request for no benefit.
 
 from __future__ import annotations
 
-import importlib.util
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-from pixelmill.errors import InvalidRequest
-
-# Other noise-schedule switches a model's default config may have turned on; they are
-# mutually exclusive with Karras sigmas, so every variant states all of them.
-_PLAIN_SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False,
-                 "use_beta_sigmas": False}
-_KARRAS = {**_PLAIN_SIGMAS, "use_karras_sigmas": True}
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """One canonical scheduler: diffusers class, config overrides, A1111 label, aliases."""
-
-    name: str
-    class_name: str
-    label: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    aliases: tuple[str, ...] = ()
-    requires: str | None = None  # optional Python package the diffusers class imports
-
-
-_SPECS = (
-    SchedulerSpec("euler", "EulerDiscreteScheduler", "Euler", _PLAIN_SIGMAS, ("k_euler",)),
-    SchedulerSpec("euler_a", "EulerAncestralDiscreteScheduler", "Euler a", {},
-                  ("euler_ancestral", "k_euler_a", "k_euler_ancestral", "eulera")),
-    SchedulerSpec("dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M",
-                  {**_PLAIN_SIGMAS, "algorithm_type": "dpmsolver++", "solver_order": 2},
-                  ("k_dpmpp_2m",)),
-    SchedulerSpec("dpmpp_2m_karras", "DPMSolverMultistepScheduler", "DPM++ 2M Karras",
-                  {**_KARRAS, "algorithm_type": "dpmsolver++", "solver_order": 2},
-                  ("k_dpmpp_2m_karras",)),
-    SchedulerSpec("dpmpp_2m_sde_karras", "DPMSolverMultistepScheduler", "DPM++ 2M SDE Karras",
-                  {**_KARRAS, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                  ("k_dpmpp_2m_sde_karras",)),
-    SchedulerSpec("dpmpp_sde_karras", "DPMSolverSDEScheduler", "DPM++ SDE Karras",
-                  {**_KARRAS}, ("k_dpmpp_sde_karras",), requires="torchsde"),
-    SchedulerSpec("ddim", "DDIMScheduler", "DDIM"),
-    SchedulerSpec("unipc", "UniPCMultistepScheduler", "UniPC", _PLAIN_SIGMAS, ("uni_pc",)),
-    SchedulerSpec("lcm", "LCMScheduler", "LCM"),
-    SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun", _PLAIN_SIGMAS, ("k_heun",)),
-    SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS", _PLAIN_SIGMAS, ("k_lms",),
-                  requires="scipy"),
-    SchedulerSpec("pndm", "PNDMScheduler", "PLMS", {"skip_prk_steps": True}, ("plms",)),
-)
-
-SCHEDULERS: dict[str, SchedulerSpec] = {spec.name: spec for spec in _SPECS}
-"""Canonical name -> spec, in display order."""
-
-
-def _normalise(name: str) -> str:
-    """Fold spelling variants: case, ``++``/``+`` -> ``pp``/``p``, separators -> ``_``."""
-    text = name.strip().lower().replace("++", "pp").replace("+", "p")
-    return re.sub(r"[\s\-_.]+", "_", text).strip("_")
-
-
-def _build_aliases() -> dict[str, str]:
-    table: dict[str, str] = {}
-    for spec in _SPECS:
-        for alias in (spec.name, spec.label, *spec.aliases):
-            table[_normalise(alias)] = spec.name
-    return table
-
-
-_ALIASES = _build_aliases()
-
-
-def available_schedulers() -> list[str]:
-    """Canonical names whose optional dependencies are installed."""
-    return [s.name for s in _SPECS if s.requires is None or _installed(s.requires)]
-
-
-def _installed(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
-
-
-def canonical_scheduler(name: str) -> str:
-    """Map a canonical name, A1111 label or loose spelling to the canonical name.
-
-    Raises :class:`InvalidRequest` (``param="scheduler"``) for unknown names and for
-    schedulers whose optional package is not installed on this server.
-    """
-    canonical = _ALIASES.get(_normalise(name or ""))
-    if canonical is None:
-        raise InvalidRequest(
-            f"unknown scheduler {name!r}; valid: {', '.join(available_schedulers())}",
-            param="scheduler")
-    requires = SCHEDULERS[canonical].requires
-    if requires and not _installed(requires):
-        raise InvalidRequest(
-            f"scheduler {canonical!r} needs the {requires!r} package, which is not installed "
-            f"on this server; valid: {', '.join(available_schedulers())}", param="scheduler")
-    return canonical
+from pixelmill.core.samplers import SCHEDULERS, canonical_scheduler
 
 
 def make_scheduler(name: str | None, base_config: Any):
@@ -154,35 +58,3 @@ def use_scheduler(pipe: Any, name: str | None) -> Iterator[Any]:
         yield pipe.scheduler
     finally:
         pipe.scheduler = default
-
-
-_CLASS_LABELS = {
-    "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a",
-    "DPMSolverMultistepScheduler": "DPM++ 2M",
-    "DPMSolverSDEScheduler": "DPM++ SDE",
-    "DDIMScheduler": "DDIM",
-    "UniPCMultistepScheduler": "UniPC",
-    "LCMScheduler": "LCM",
-    "HeunDiscreteScheduler": "Heun",
-    "LMSDiscreteScheduler": "LMS",
-    "PNDMScheduler": "PLMS",
-}
-
-
-def sampler_label(name: str | None, default_scheduler_class_name: str | Mapping[str, Any], *,
-                  karras: bool = False) -> str:
-    """A1111 sampler label for PNG metadata, e.g. ``"DPM++ 2M Karras"``.
-
-    ``name=None`` labels the model's default scheduler from its class name; pass
-    ``karras=True`` when that default config uses Karras sigmas. The default may also be
-    given as the scheduler config itself (its ``_class_name`` and ``use_karras_sigmas``).
-    """
-    if name is not None:
-        return SCHEDULERS[canonical_scheduler(name)].label
-    if isinstance(default_scheduler_class_name, Mapping):
-        config = default_scheduler_class_name
-        default_scheduler_class_name = config.get("_class_name", "")
-        karras = karras or bool(config.get("use_karras_sigmas"))
-    label = _CLASS_LABELS.get(default_scheduler_class_name, default_scheduler_class_name)
-    return f"{label} Karras" if karras and label in _CLASS_LABELS.values() else label

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 
 import anyio.to_thread
 
-from pixelmill.domain import GenerationRequest, JobRecord
-from pixelmill.errors import NotFound
+from pixelmill.core.types import GenerationRequest, JobRecord
+from pixelmill.core.errors import NotFound
 from pixelmill.jobs.results import EXTENSIONS
 
 MANIFEST_NAME = "manifest.json"

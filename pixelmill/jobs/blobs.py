@@ -15,9 +15,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pixelmill.errors import NotFound
-from pixelmill.jobs.db import read_transaction, write_transaction
-from pixelmill.jobs.tables import blobs, utc
+from pixelmill.core.errors import NotFound
+from pixelmill.db.engine import read_transaction, write_transaction
+from pixelmill.db.tables import blobs, utc
 
 BLOB_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pixelmill.domain import JobRecord
+from pixelmill.core.types import JobRecord
 from pixelmill.jobs.store import JobStore
 from pixelmill.jobs.views import job_public
-from pixelmill.jobs.webhooks import ProgressThrottle, WebhookSender
+from pixelmill.outbound.webhooks import ProgressThrottle, WebhookSender
 
 log = logging.getLogger(__name__)
 

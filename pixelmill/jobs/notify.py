@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pixelmill.domain import JobRecord, JobStatus
+from pixelmill.core.types import JobRecord, JobStatus
 
 
 class JobNews:

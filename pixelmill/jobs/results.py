@@ -12,7 +12,7 @@ import secrets
 import time
 from pathlib import Path
 
-from pixelmill.errors import NotFound
+from pixelmill.core.errors import NotFound
 from pixelmill.jobs.blobs import StoredResult
 
 FILE_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")

@@ -12,13 +12,13 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, WebhookSpec, resolve_seed
-from pixelmill.errors import GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
+from pixelmill.core.types import RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, WebhookSpec, resolve_seed
+from pixelmill.core.errors import GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import JobStore
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 from pixelmill.settings import Settings
-from pixelmill.validation import prepare_request
+from pixelmill.core.policy import prepare_request
 
 
 class ModelCatalog:

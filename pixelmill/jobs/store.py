@@ -22,11 +22,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pixelmill.domain import GenerationRequest, JobRecord, JobStatus, WebhookSpec
-from pixelmill.errors import InvalidRequest, NotFound, Overloaded
-from pixelmill.jobs import tables as t
-from pixelmill.jobs.db import create_db_engine, read_transaction, upgrade_schema, write_transaction
-from pixelmill.jobs.tables import batches, jobs
+from pixelmill.core.types import GenerationRequest, JobRecord, JobStatus, WebhookSpec
+from pixelmill.core.errors import InvalidRequest, NotFound, Overloaded
+from pixelmill.db import tables as t
+from pixelmill.db.engine import create_db_engine, read_transaction, upgrade_schema, write_transaction
+from pixelmill.db.tables import batches, jobs
 
 QUEUE_LOCK_KEY = 0x706978_71756575  # "pixqueu"
 """PostgreSQL advisory lock serialising capacity-checked submits (exact ``max_queued``)."""

@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from pixelmill.domain import JobError, JobRecord, JobStatus, Mode
+from pixelmill.core.types import JobError, JobRecord, JobStatus, Mode
 
 
 class ProgressPublic(BaseModel):

@@ -1,9 +1,9 @@
 """The worker loop: claim a batch of jobs, run it on the engine, store results, repeat.
 
 A batch is the oldest queued job plus up to ``max_batch_size - 1`` queued jobs with
-the same batch key (see :mod:`pixelmill.batching`), waiting at most
+the same batch key (see :mod:`pixelmill.core.batching`), waiting at most
 ``max_batch_wait_ms`` for company, unless the recent jobs arrived one at a time, well
-apart (see :class:`~pixelmill.batching.Arrivals`): then nothing is likely to join and
+apart (see :class:`~pixelmill.core.batching.Arrivals`): then nothing is likely to join and
 the job starts at once. One pipeline call makes every image; each job's
 ledger gets its share of the call's time. A job canceled while its batch runs is not
 interrupted (the others still want their images): the batch finishes and that job's
@@ -26,10 +26,10 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from pixelmill.batching import Arrivals, batch_key
-from pixelmill.domain import JobRecord, JobResult, Progress
+from pixelmill.core.batching import Arrivals, batch_key
+from pixelmill.core.types import JobRecord, JobResult, Progress
 from pixelmill.engine.runner import CancelToken, EngineRunner, EngineState
-from pixelmill.errors import GenerationCanceled, GenerationFailed, PixelmillError
+from pixelmill.core.errors import GenerationCanceled, GenerationFailed, PixelmillError
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import Completion, JobStore

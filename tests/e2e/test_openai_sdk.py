@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from pixelmill.engine.imageio import parse_a1111_parameters, read_parameters
+from pixelmill.images.codecs import parse_a1111_parameters, read_parameters
 from tests.support.images import alpha_mask, decode, gradient, pixels, png_bytes
 
 PROMPT = "a red fox in snow"

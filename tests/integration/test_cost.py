@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pixelmill.jobs.webhooks import verify
+from pixelmill.outbound.webhooks import verify
 from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess, subprocess_env
 

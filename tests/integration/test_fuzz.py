@@ -39,7 +39,7 @@ def _no_dns(*_args, **_kwargs):
 
 @pytest.fixture(autouse=True)
 def no_dns(monkeypatch):
-    monkeypatch.setattr("pixelmill.netguard.socket.getaddrinfo", _no_dns)
+    monkeypatch.setattr("pixelmill.outbound.netguard.socket.getaddrinfo", _no_dns)
 
 
 def _allowed_5xx(response) -> bool:

@@ -10,7 +10,7 @@ import zipfile
 import httpx
 import pytest
 
-from pixelmill.jobs.webhooks import verify
+from pixelmill.outbound.webhooks import verify
 from tests.conftest import WEBHOOK_SECRET
 from tests.support.images import decode
 from tests.support.receiver import Receiver

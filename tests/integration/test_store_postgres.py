@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pixelmill.domain import GenerationRequest, JobStatus
+from pixelmill.core.types import GenerationRequest, JobStatus
 from pixelmill.jobs.store import JobStore
 from tests.support.postgres import pg_url  # noqa: F401  (fixture)
 
@@ -27,7 +27,7 @@ PROCESSES, JOBS = 4, 120
 CLAIMER = """
 import json, sys, time
 from pathlib import Path
-from pixelmill.jobs.db import create_db_engine
+from pixelmill.db.engine import create_db_engine
 from pixelmill.jobs.store import JobStore
 
 url, worker, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])

@@ -10,7 +10,7 @@ import pytest
 def make_engine(models: Path, tmp_path_factory: pytest.TempPathFactory, **settings):
     """A started engine serving ``demo`` from ``models`` with extra ``settings``."""
     from pixelmill.engine.engine import Engine
-    from pixelmill.registry import ModelRegistry
+    from pixelmill.registry.models_dir import ModelRegistry
     from pixelmill.settings import Settings
 
     engine = Engine(Settings(models_dir=models, model="demo", data_dir=tmp_path_factory.mktemp("data"), **settings),

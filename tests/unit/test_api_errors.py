@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from pixelmill import errors
+from pixelmill.core import errors
 from pixelmill.api.app import create_app
 from pixelmill.api.errors import STATUS_TABLE, status_of
 from pixelmill.settings import Settings

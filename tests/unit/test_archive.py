@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from pixelmill.domain import ControlSpec, GenerationRequest, JobRecord, JobStatus, Mode
-from pixelmill.errors import NotFound
+from pixelmill.core.types import ControlSpec, GenerationRequest, JobRecord, JobStatus, Mode
+from pixelmill.core.errors import NotFound
 from pixelmill.jobs.archive import (
     MANIFEST_NAME,
     ArchiveEntry,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pixelmill.batching import Arrivals, batch_key
-from pixelmill.domain import ControlSpec, GenerationRequest, LoraSpec, Mode
-from pixelmill.engine.imageio import reencode_png
+from pixelmill.core.batching import Arrivals, batch_key
+from pixelmill.core.types import ControlSpec, GenerationRequest, LoraSpec, Mode
+from pixelmill.images.codecs import reencode_png
 from tests.support.images import gradient
 
 

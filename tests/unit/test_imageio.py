@@ -1,4 +1,4 @@
-"""Upload decoding, output encoding and A1111 parameters text (pixelmill.engine.imageio)."""
+"""Upload decoding, output encoding and A1111 parameters text (pixelmill.images.codecs)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image, ImageCms
 from PIL.PngImagePlugin import PngInfo
 
-from pixelmill.domain import OutputFormat
-from pixelmill.engine.imageio import (
+from pixelmill.core.types import OutputFormat
+from pixelmill.images.codecs import (
     a1111_parameters,
     decode_upload,
     encode_image,
@@ -22,7 +22,7 @@ from pixelmill.engine.imageio import (
     read_parameters,
     reencode_png,
 )
-from pixelmill.errors import InvalidRequest, PayloadTooLarge
+from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
 
 
 def _save(img: Image.Image, fmt: str, **kwargs) -> bytes:

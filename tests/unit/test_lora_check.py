@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from pixelmill import lora_check
-from pixelmill.errors import InvalidRequest
-from pixelmill.lora_check import (
+from pixelmill.registry import lora_check
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.registry.lora_check import (
     UnetLayout, block_pairs, check_fits, compatible_bases, from_sgm, inspect_lora, to_sgm,
 )
-from pixelmill.registry import ModelKind, ModelRegistry
+from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 
 DEMO_LORA = "loras/demo-style.safetensors"
 
@@ -133,7 +133,7 @@ def test_kohya_names_with_sgm_unet_blocks_fit(models):
     ],
 )
 def test_sdxl_names_map_to_the_original_sgm_names(diffusers, sgm):
-    config_file = Path(lora_check.__file__).parent / "engine/sdxl_config/unet/config.json"
+    config_file = Path(lora_check.__file__).parents[1] / "engine/sdxl_config/unet/config.json"
     config = json.loads(config_file.read_text())
     pairs = block_pairs(UnetLayout.from_config(config))
     assert to_sgm(diffusers, pairs) == sgm and from_sgm(sgm, pairs) == diffusers

@@ -1,4 +1,4 @@
-"""Inpainting / outpainting masks and paste-back (pixelmill.engine.masks)."""
+"""Inpainting / outpainting masks and paste-back (pixelmill.images.masks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixelmill.engine.masks import (
+from pixelmill.images.masks import (
     blur_mask,
     fit_mask,
     mask_from_alpha,
@@ -15,7 +15,7 @@ from pixelmill.engine.masks import (
     paste_back,
     prepare_inpaint,
 )
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 
 
 def _noise(size=(64, 48), seed=0, channels=3) -> Image.Image:

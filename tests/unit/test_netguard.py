@@ -14,9 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pixelmill import netguard
-from pixelmill.errors import InvalidRequest
-from pixelmill.netguard import check_url, guarded_async_client, guarded_client
+from pixelmill.outbound import netguard
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.outbound.netguard import check_url, guarded_async_client, guarded_client
 
 REFUSED = [
     "http://127.0.0.1/",

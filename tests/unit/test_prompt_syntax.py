@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from pixelmill.errors import InvalidRequest
-from pixelmill.prompt_syntax import (Segment, a1111_to_compel, extract_lora_tags, is_plain,
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.core.prompt_syntax import (Segment, a1111_to_compel, extract_lora_tags, is_plain,
                                      parse_emphasis, segments_text, uses_break, uses_weighting)
 
 # --- LoRA tags ---------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pixelmill.engine.models import resolve_source
-from pixelmill.errors import InvalidRequest, ModelUnavailable, NotFound
-from pixelmill.registry import PICKLE_SUFFIXES, ModelKind, ModelRegistry
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable, NotFound
+from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelKind, ModelRegistry
 
 
 @pytest.fixture()

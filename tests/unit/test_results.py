@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pixelmill.errors import NotFound
+from pixelmill.core.errors import NotFound
 from pixelmill.jobs.results import ResultStore
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pixelmill import cli
-from pixelmill.cli_settings import with_settings
+from pixelmill.cli import main as cli
+from pixelmill.cli.options import with_settings
 from pixelmill.settings import Settings, load_settings
 
 runner = CliRunner()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pixelmill.domain import GenerationRequest, Mode
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.types import GenerationRequest, Mode
+from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
-from pixelmill.validation import check_size, fit_size, validate_request
+from pixelmill.core.policy import check_size, fit_size, validate_request
 
 LIMITS = Settings()
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pixelmill import __version__
-from pixelmill.jobs.webhooks import (
+from pixelmill.outbound.webhooks import (
     DeliveryResult,
     ProgressThrottle,
     WebhookSender,
@@ -192,7 +192,7 @@ def test_redirects_are_not_followed(receiver):
 
 def test_address_refused_at_connect_time_is_permanent(receiver, monkeypatch):
     """If the name passed the check but resolves privately when connecting (DNS rebinding)."""
-    import pixelmill.jobs.webhooks as webhooks
+    import pixelmill.outbound.webhooks as webhooks
 
     monkeypatch.setattr(webhooks, "check_url", lambda *args, **kwargs: None)
     hooks, sleeps = sender(allow_private=False)

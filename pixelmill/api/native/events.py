@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 
-from pixelmill.domain import JobRecord, JobStatus
+from pixelmill.core.types import JobRecord, JobStatus
 from pixelmill.jobs.service import JobService
 from pixelmill.jobs.views import job_public
 

@@ -16,11 +16,11 @@ from pixelmill.api.errors import wire_params
 from pixelmill.api.native.events import job_event_stream
 from pixelmill.api.native.protocol import PARAM_NAMES, BatchCreate, BatchPublic, JobCreate
 from pixelmill.auth.keys import Principal
-from pixelmill.domain import JobRecord, JobStatus
-from pixelmill.errors import InvalidRequest, NotFound
+from pixelmill.core.types import JobRecord, JobStatus
+from pixelmill.core.errors import InvalidRequest, NotFound
 from pixelmill.jobs.archive import job_entries, zip_stream
 from pixelmill.jobs.views import JobPublic, job_public
-from pixelmill.netguard import check_url
+from pixelmill.outbound.netguard import check_url
 from pixelmill.services import Services
 
 router = APIRouter(prefix="/v1", tags=["Jobs"], dependencies=[Depends(current_principal)])

@@ -10,10 +10,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.api.adapters_wire import AdapterFields
-from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
-from pixelmill.engine.imageio import decode_upload, reencode_png
-from pixelmill.engine.masks import prepare_inpaint
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.types import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
+from pixelmill.images.codecs import decode_upload, reencode_png
+from pixelmill.images.masks import prepare_inpaint
+from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
 
 PARAM_NAMES = {"init_image": "image", "mask_image": "mask", "output_quality": "output_quality"}

@@ -17,8 +17,8 @@ from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import error_body, request_id_of, wire_params
 from pixelmill.api.native.events import job_events, sse
 from pixelmill.api.native.protocol import PARAM_NAMES, GenerationCreate, GenerationPublic
-from pixelmill.domain import JobRecord
-from pixelmill.errors import PixelmillError
+from pixelmill.core.types import JobRecord
+from pixelmill.core.errors import PixelmillError
 from pixelmill.jobs.service import raise_for_job
 from pixelmill.services import Services
 

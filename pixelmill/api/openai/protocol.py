@@ -16,8 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.api.adapters_wire import AdapterFields
-from pixelmill.domain import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.types import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat
+from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
 
 PARAM_NAMES = {

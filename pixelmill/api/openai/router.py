@@ -26,14 +26,14 @@ from pixelmill.api.openai.protocol import (
 )
 from pixelmill.api.uploads import form_fields, read_image
 from pixelmill.auth.keys import Principal
-from pixelmill.domain import GenerationRequest
-from pixelmill.engine.imageio import reencode_png
-from pixelmill.engine.masks import flatten, prepare_inpaint
-from pixelmill.errors import InvalidRequest, ModelUnavailable
+from pixelmill.core.types import GenerationRequest
+from pixelmill.images.codecs import reencode_png
+from pixelmill.images.masks import flatten, prepare_inpaint
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable
 from pixelmill.jobs.views import file_url
-from pixelmill.registry import ModelKind
+from pixelmill.registry.models_dir import ModelKind
 from pixelmill.services import Services
-from pixelmill.validation import fit_size
+from pixelmill.core.policy import fit_size
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Images"], dependencies=[Depends(current_principal)])
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from pixelmill.auth.bind import is_loopback, open_refusal
 from pixelmill.auth.keys import Principal, Rate, Scope, hash_token, looks_like_token, new_token, parse_rate
 from pixelmill.auth.store import KeyStore
-from pixelmill.errors import InvalidRequest, NotFound
+from pixelmill.core.errors import InvalidRequest, NotFound
 from pixelmill.jobs.store import JobStore
 
 

@@ -10,7 +10,7 @@ from pixelmill.cost.invoice import parse_invoice
 from pixelmill.cost.ledger import parse_since, summarize
 from pixelmill.cost.prices import build_config
 from pixelmill.cost.report import build_report
-from pixelmill.domain import GenerationRequest, JobRecord, JobStatus, Mode
+from pixelmill.core.types import GenerationRequest, JobRecord, JobStatus, Mode
 
 NOW = datetime(2026, 11, 21, 12, tzinfo=timezone.utc)
 

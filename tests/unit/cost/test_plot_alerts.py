@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pixelmill.cost.alerts import CrossoverWatch, crossing_state, signed_headers
 from pixelmill.cost.plot import CurveInputs, plot_curves, volume_range
-from pixelmill.jobs.webhooks import encode_body, verify
+from pixelmill.outbound.webhooks import encode_body, verify
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

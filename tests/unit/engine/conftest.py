@@ -38,7 +38,7 @@ def settings(demo_models, tmp_path_factory):
 def engine(settings):
     """A started engine per module, serving the demo model on the CPU."""
     from pixelmill.engine.engine import Engine
-    from pixelmill.registry import ModelRegistry
+    from pixelmill.registry.models_dir import ModelRegistry
 
     engine = Engine(settings, ModelRegistry(settings.models_dir))
     engine.start()

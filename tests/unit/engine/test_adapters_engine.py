@@ -10,11 +10,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pixelmill.domain import ControlSpec, GenerationRequest, Mode, Preprocess, RefinerSpec  # noqa: E402
+from pixelmill.core.types import ControlSpec, GenerationRequest, Mode, Preprocess, RefinerSpec  # noqa: E402
 from pixelmill.engine.engine import Engine  # noqa: E402
-from pixelmill.errors import InvalidRequest, NotFound  # noqa: E402
+from pixelmill.core.errors import InvalidRequest, NotFound  # noqa: E402
 from pixelmill.settings import Settings  # noqa: E402
-from pixelmill.validation import prepare_request  # noqa: E402
+from pixelmill.core.policy import prepare_request  # noqa: E402
 from tests.support.images import decode, gradient, png_bytes, pixels  # noqa: E402
 
 

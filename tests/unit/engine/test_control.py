@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelmill.domain import Mode, Preprocess
+from pixelmill.core.types import Mode, Preprocess
 from pixelmill.engine.control import ControlNetCache, preprocess
-from pixelmill.errors import InvalidRequest, ModelUnavailable, NotFound
-from pixelmill.registry import ModelRegistry
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable, NotFound
+from pixelmill.registry.models_dir import ModelRegistry
 
 
 def _png(image: Image.Image) -> bytes:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pixelmill.domain import Mode
+from pixelmill.core.types import Mode
 from pixelmill.engine.demo import DEMO_REFINER_NAME, SIZES, write_demo_models
 
 

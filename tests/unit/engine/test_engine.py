@@ -11,11 +11,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pixelmill.domain import GenerationRequest, Mode  # noqa: E402
-from pixelmill.engine.imageio import parse_a1111_parameters, read_parameters, reencode_png  # noqa: E402
+from pixelmill.core.types import GenerationRequest, Mode  # noqa: E402
+from pixelmill.images.codecs import parse_a1111_parameters, read_parameters, reencode_png  # noqa: E402
 from pixelmill.engine.runner import CancelToken, EngineRunner  # noqa: E402
-from pixelmill.errors import GenerationCanceled  # noqa: E402
-from pixelmill.registry import ModelRegistry  # noqa: E402
+from pixelmill.core.errors import GenerationCanceled  # noqa: E402
+from pixelmill.registry.models_dir import ModelRegistry  # noqa: E402
 from tests.support.images import assert_same_image, decode, gradient, pixels  # noqa: E402
 
 

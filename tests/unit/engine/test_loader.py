@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from pixelmill.engine import loader
-from pixelmill.errors import ModelUnavailable
+from pixelmill.core.errors import ModelUnavailable
 
 
 @pytest.fixture(scope="module")

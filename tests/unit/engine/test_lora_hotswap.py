@@ -20,17 +20,17 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
-from pixelmill.domain import GenerationRequest, LoraSpec  # noqa: E402
+from pixelmill.core.types import GenerationRequest, LoraSpec  # noqa: E402
 from pixelmill.engine import device as device_module  # noqa: E402
 from pixelmill.engine.adapters import LoraCache  # noqa: E402
 from pixelmill.engine.device import DeviceConfig, prepare_pipeline, select_device  # noqa: E402
 from pixelmill.engine.engine import Engine  # noqa: E402
 from pixelmill.engine.hotswap import SLOT_COUNT  # noqa: E402
 from pixelmill.engine.loader import load_folder  # noqa: E402
-from pixelmill.errors import GenerationFailed, InvalidRequest  # noqa: E402
-from pixelmill.registry import ModelRegistry  # noqa: E402
+from pixelmill.core.errors import GenerationFailed, InvalidRequest  # noqa: E402
+from pixelmill.registry.models_dir import ModelRegistry  # noqa: E402
 from pixelmill.settings import Settings  # noqa: E402
-from pixelmill.validation import MAX_LORAS  # noqa: E402
+from pixelmill.core.policy import MAX_LORAS  # noqa: E402
 from tests.support.images import decode, pixels  # noqa: E402
 
 SIZE = 128  # the tiny model's native size, which the engine's warm-up compiles for

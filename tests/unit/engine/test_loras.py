@@ -12,9 +12,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from pixelmill.domain import GenerationRequest, LoraSpec  # noqa: E402
+from pixelmill.core.types import GenerationRequest, LoraSpec  # noqa: E402
 from pixelmill.engine.engine import Engine  # noqa: E402
-from pixelmill.errors import InvalidRequest, NotFound  # noqa: E402
+from pixelmill.core.errors import InvalidRequest, NotFound  # noqa: E402
 from tests.support.engines import make_engine  # noqa: E402
 from tests.support.images import decode, pixels  # noqa: E402
 from tests.support.memory import needs_proc, rss_bytes  # noqa: E402

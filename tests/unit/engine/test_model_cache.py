@@ -11,9 +11,9 @@ import shutil  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pixelmill.domain import GenerationRequest  # noqa: E402
+from pixelmill.core.types import GenerationRequest  # noqa: E402
 from pixelmill.engine.engine import Engine  # noqa: E402
-from pixelmill.errors import NotFound  # noqa: E402
+from pixelmill.core.errors import NotFound  # noqa: E402
 from tests.support.engines import make_engine  # noqa: E402
 from tests.support.images import decode, pixels  # noqa: E402
 from tests.support.memory import needs_proc, rss_bytes  # noqa: E402

@@ -14,14 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pixelmill.domain import Mode
+from pixelmill.core.types import Mode
+from pixelmill.core import samplers
 from pixelmill.engine import schedulers
 from pixelmill.engine.demo import write_demo_models
 from pixelmill.engine import device
 from pixelmill.engine.device import DeviceConfig, nan_guard, prepare_pipeline, select_device
 from pixelmill.engine.loader import load_folder
 from pixelmill.engine.pipelines import PipelineSet
-from pixelmill.errors import GenerationFailed, InvalidRequest, ModelUnavailable
+from pixelmill.core.errors import GenerationFailed, InvalidRequest, ModelUnavailable
 from tests.support.memory import rss_bytes
 
 SHARED = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -108,35 +109,35 @@ def test_extra_modes_add_little_memory_on_bench_model(tmp_path):
     ("  euler_A ", "euler_a"),
 ])
 def test_scheduler_aliases(name, canonical):
-    assert schedulers.canonical_scheduler(name) == canonical
+    assert samplers.canonical_scheduler(name) == canonical
 
 
 def test_unknown_scheduler_is_invalid_request():
     with pytest.raises(InvalidRequest) as info:
-        schedulers.canonical_scheduler("warp drive")
+        samplers.canonical_scheduler("warp drive")
     assert info.value.param == "scheduler"
     assert "dpmpp_2m_karras" in info.value.message
 
 
 def test_scheduler_with_missing_dependency_is_invalid_request(monkeypatch):
-    monkeypatch.setattr(schedulers, "_installed", lambda package: False)
+    monkeypatch.setattr(samplers, "_installed", lambda package: False)
     with pytest.raises(InvalidRequest, match="torchsde") as info:
-        schedulers.canonical_scheduler("DPM++ SDE Karras")
+        samplers.canonical_scheduler("DPM++ SDE Karras")
     assert info.value.param == "scheduler"
-    assert "dpmpp_sde_karras" not in schedulers.available_schedulers()
+    assert "dpmpp_sde_karras" not in samplers.available_schedulers()
 
 
 def test_required_canonical_names_exist():
     required = {"euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm"}
-    assert required <= set(schedulers.available_schedulers())
+    assert required <= set(samplers.available_schedulers())
 
 
-@pytest.mark.parametrize("name", schedulers.available_schedulers())
+@pytest.mark.parametrize("name", samplers.available_schedulers())
 def test_every_scheduler_runs_two_steps(pipes, name):
     default = pipes.base.scheduler
     with schedulers.use_scheduler(pipes.base, name) as scheduler:
         assert scheduler is not default
-        assert type(scheduler).__name__ == schedulers.SCHEDULERS[name].class_name
+        assert type(scheduler).__name__ == samplers.SCHEDULERS[name].class_name
         out = _run(pipes.base)
     assert pipes.base.scheduler is default  # restored for the next request
     assert np.isfinite(out).all()
@@ -158,13 +159,13 @@ def test_default_scheduler_is_a_fresh_copy_per_call(pipes):
 
 
 def test_sampler_labels():
-    assert schedulers.sampler_label("dpm++_2m_karras", "EulerDiscreteScheduler") == "DPM++ 2M Karras"
-    assert schedulers.sampler_label(None, "EulerDiscreteScheduler") == "Euler"
-    assert schedulers.sampler_label(None, "DPMSolverMultistepScheduler", karras=True) == (
+    assert samplers.sampler_label("dpm++_2m_karras", "EulerDiscreteScheduler") == "DPM++ 2M Karras"
+    assert samplers.sampler_label(None, "EulerDiscreteScheduler") == "Euler"
+    assert samplers.sampler_label(None, "DPMSolverMultistepScheduler", karras=True) == (
         "DPM++ 2M Karras")
-    assert schedulers.sampler_label(None, "FancyScheduler") == "FancyScheduler"
+    assert samplers.sampler_label(None, "FancyScheduler") == "FancyScheduler"
     config = {"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True}
-    assert schedulers.sampler_label(None, config) == "DPM++ 2M Karras"
+    assert samplers.sampler_label(None, config) == "DPM++ 2M Karras"
 
 
 def test_scheduler_config_is_the_loaded_default(pipes):

@@ -9,8 +9,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from pixelmill.domain import GenerationRequest, LoraSpec  # noqa: E402
-from pixelmill.validation import prepare_request  # noqa: E402
+from pixelmill.core.types import GenerationRequest, LoraSpec  # noqa: E402
+from pixelmill.core.policy import prepare_request  # noqa: E402
 from tests.support.images import assert_same_image, decode, pixels  # noqa: E402
 
 LONG = ", ".join(f"detail number {i} in warm light" for i in range(40))

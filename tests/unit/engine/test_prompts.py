@@ -19,8 +19,8 @@ from PIL import Image  # noqa: E402
 
 from pixelmill.engine.prompts import (PromptEmbeds, chunk_count, encode_prompts,  # noqa: E402
                                       encode_prompts_refiner, needs_compel, token_count)
-from pixelmill.errors import InvalidRequest  # noqa: E402
-from pixelmill.prompt_syntax import Segment, a1111_to_compel, parse_emphasis  # noqa: E402
+from pixelmill.core.errors import InvalidRequest  # noqa: E402
+from pixelmill.core.prompt_syntax import Segment, a1111_to_compel, parse_emphasis  # noqa: E402
 from tests.support.images import assert_same_image, gradient, pixels  # noqa: E402
 
 PROMPT = "a red cat sitting on the mat, photo"

@@ -17,8 +17,8 @@ import torch
 from pixelmill.engine.demo import DEMO_REFINER_NAME
 from pixelmill.engine.loader import load_folder
 from pixelmill.engine.refiner import RefinerCache, handoff_kwargs, refine
-from pixelmill.errors import InvalidRequest, NotFound
-from pixelmill.registry import ModelRegistry
+from pixelmill.core.errors import InvalidRequest, NotFound
+from pixelmill.registry.models_dir import ModelRegistry
 
 PROMPT = "a lighthouse"
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from pixelmill.jobs.db import create_db_engine, upgrade_schema
+from pixelmill.db.engine import create_db_engine, upgrade_schema
 from pixelmill.jobs.store import JobStore
 from tests.support.postgres import pg_url, postgres_url, require_postgres  # noqa: F401
 

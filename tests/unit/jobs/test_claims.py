@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pixelmill.domain import GenerationRequest, JobStatus
-from pixelmill.errors import InvalidRequest
-from pixelmill.jobs.db import create_db_engine
+from pixelmill.core.types import GenerationRequest, JobStatus
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.db.engine import create_db_engine
 from pixelmill.jobs.store import JobStore
 
 CLAIMERS, JOBS = 4, 50

@@ -10,12 +10,12 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from pixelmill.errors import NotFound
+from pixelmill.core.errors import NotFound
 from pixelmill.jobs.blobs import DatabaseResultStore, StoredResult
-from pixelmill.jobs.db import create_db_engine, normalise_url, upgrade_schema
+from pixelmill.db.engine import create_db_engine, normalise_url, upgrade_schema
 from pixelmill.jobs.results import ResultStore
 from pixelmill.jobs.store import JobStore
-from pixelmill.jobs.tables import Base
+from pixelmill.db.tables import Base
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def _schema_diff(engine: sa.Engine) -> list:
 def _head() -> str:
     from alembic.script import ScriptDirectory
 
-    from pixelmill.jobs.db import alembic_config
+    from pixelmill.db.engine import alembic_config
 
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pixelmill.domain import GenerationRequest, JobStatus
-from pixelmill.errors import WaitTimeout
+from pixelmill.core.types import GenerationRequest, JobStatus
+from pixelmill.core.errors import WaitTimeout
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.service import JobService
 from pixelmill.jobs.store import JobStore

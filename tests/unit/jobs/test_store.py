@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from pixelmill.domain import GenerationRequest, JobStatus, Mode, WebhookSpec
-from pixelmill.errors import InvalidRequest, NotFound, Overloaded
+from pixelmill.core.types import GenerationRequest, JobStatus, Mode, WebhookSpec
+from pixelmill.core.errors import InvalidRequest, NotFound, Overloaded
 from pixelmill.jobs.store import Completion, JobStore
 
 LATER = timedelta(hours=1)

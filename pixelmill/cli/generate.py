@@ -94,9 +94,9 @@ def _generate_remote(options: GenerateOptions, server: str, api_key: str | None,
 def _generate_local(options: GenerateOptions, models_dir: Path | None, console: Console) -> dict:
     from pixelmill.api.native.protocol import GenerationCreate
     from pixelmill.engine.engine import Engine
-    from pixelmill.registry import ModelRegistry
+    from pixelmill.registry.models_dir import ModelRegistry
     from pixelmill.settings import load_settings
-    from pixelmill.validation import prepare_request
+    from pixelmill.core.policy import prepare_request
 
     settings = load_settings(models_dir=models_dir, model=options.model)
     with console.status("loading the model"):
@@ -127,7 +127,7 @@ def _output_paths(output: Path, count: int) -> list[Path]:
 
 def run_generate(options: GenerateOptions, *, server: str | None, models_dir: Path | None, api_key: str | None, console: Console) -> None:
     """Generate, write the files, and print each file with its seed."""
-    from pixelmill.errors import PixelmillError
+    from pixelmill.core.errors import PixelmillError
 
     try:
         if server:

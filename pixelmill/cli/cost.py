@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pixelmill.cli_settings import with_settings
+from pixelmill.cli.options import with_settings
 from pixelmill.settings import Settings
 
 cost_app = typer.Typer(

@@ -7,11 +7,11 @@ internal field; dialects translate the name to their own wire parameter.
 
 from __future__ import annotations
 
-from pixelmill.domain import GenerationRequest, LoraSpec, Mode, RefinerSpec
-from pixelmill.engine.schedulers import canonical_scheduler
-from pixelmill.errors import InvalidRequest
-from pixelmill.prompt_syntax import extract_lora_tags
-from pixelmill.registry import check_name
+from pixelmill.core.types import GenerationRequest, LoraSpec, Mode, RefinerSpec
+from pixelmill.core.samplers import canonical_scheduler
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.core.prompt_syntax import extract_lora_tags
+from pixelmill.registry.models_dir import check_name
 from pixelmill.settings import Settings
 
 MAX_LORAS = 5

@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pixelmill import __version__
-from pixelmill.cli_keys import app as keys_app
-from pixelmill.cli_keys import check_bind_address
-from pixelmill.cli_cost import cost_app
-from pixelmill.cli_settings import with_settings
+from pixelmill.cli.keys import app as keys_app
+from pixelmill.cli.keys import check_bind_address
+from pixelmill.cli.cost import cost_app
+from pixelmill.cli.options import with_settings
 from pixelmill.settings import Settings
 
 app = typer.Typer(
@@ -61,8 +61,8 @@ def serve(
 def _check_model_choice(settings: Settings) -> None:
     """Fail fast on a mistyped ``--model``: before the server starts, not in its log later."""
     from pixelmill.engine.models import resolve_source
-    from pixelmill.errors import PixelmillError
-    from pixelmill.registry import ModelRegistry
+    from pixelmill.core.errors import PixelmillError
+    from pixelmill.registry.models_dir import ModelRegistry
 
     if not settings.model:
         return
@@ -84,7 +84,7 @@ def worker(
     """Run a worker: claim jobs from --db and generate them (no HTTP server)."""
     import asyncio
 
-    from pixelmill.worker_cli import run_worker_process
+    from pixelmill.cli.worker import run_worker_process
 
     _configure_logging(log_level)
     _check_model_choice(settings)
@@ -111,7 +111,7 @@ def demo_model(
 @with_settings
 def models(settings: Settings) -> None:
     """List the checkpoints, LoRAs and ControlNets in the models directory."""
-    from pixelmill.registry import ModelKind, ModelRegistry
+    from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 
     registry = ModelRegistry(settings.models_dir)
     registry.refresh()
@@ -143,7 +143,7 @@ def generate(
     api_key: Annotated[str | None, typer.Option(envvar="PIXELMILL_API_KEY", help="Bearer key for the server.")] = None,
 ) -> None:
     """Generate images with a progress bar; prints the seed used."""
-    from pixelmill.generate_cli import GenerateOptions, run_generate
+    from pixelmill.cli.generate import GenerateOptions, run_generate
 
     options = GenerateOptions(
         prompt=prompt, output=output, seed=seed, n=n, size=size, steps=steps, guidance=guidance,

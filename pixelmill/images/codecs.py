@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from pixelmill.domain import OutputFormat
-from pixelmill.errors import InvalidRequest, PayloadTooLarge
+from pixelmill.core.types import OutputFormat
+from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 """Pillow format names accepted for uploads."""

@@ -110,7 +110,7 @@ class GenerationRequest(BaseModel):
     """Everything needed to generate images, independent of the API dialect that asked.
 
     Serialisable to JSON (images as base64) so that a durable job store can keep it.
-    ``param`` names in :class:`~pixelmill.errors.InvalidRequest` refer to these fields.
+    ``param`` names in :class:`~pixelmill.core.errors.InvalidRequest` refer to these fields.
     """
 
     model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")

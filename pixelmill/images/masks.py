@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 
 REPAINT = 255
 KEEP = 0

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pixelmill.cli_settings import with_settings
+from pixelmill.cli.options import with_settings
 from pixelmill.settings import Settings
 
 app = typer.Typer(help="Manage API keys (stored hashed in the job store).", no_args_is_help=True)
@@ -42,7 +42,7 @@ def create(
     max_running: Annotated[int | None, typer.Option(help="Queued+running jobs this key may have.")] = None,
 ) -> None:
     """Create a key and print it ONCE (only its hash is stored)."""
-    from pixelmill.errors import PixelmillError
+    from pixelmill.core.errors import PixelmillError
 
     try:
         key, token = _key_store(settings).create(name, scope=scope, rate=rate, max_running=max_running)
@@ -78,7 +78,7 @@ def revoke(
     key: Annotated[str, typer.Argument(help="The key's id (key_…) or name.")],
 ) -> None:
     """Revoke a key: requests with it get 401 from then on."""
-    from pixelmill.errors import PixelmillError
+    from pixelmill.core.errors import PixelmillError
 
     try:
         revoked = _key_store(settings).revoke(key)

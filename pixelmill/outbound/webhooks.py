@@ -27,7 +27,7 @@ Verifying a delivery (receivers; :func:`verify` does exactly this):
 Retries: connection errors, timeouts, 429 and 5xx are retried with exponential backoff
 (``backoff_s`` × 1, 2, 4, … capped at ``max_backoff_s``, ±20 % jitter), or after
 ``Retry-After`` when the receiver sends one (capped at ``max_retry_after_s``). Any other
-status, including 3xx (redirects are never followed, see :mod:`pixelmill.netguard`), is
+status, including 3xx (redirects are never followed, see :mod:`pixelmill.outbound.netguard`), is
 a permanent failure. A retried delivery has a new timestamp and signature but the same
 ``X-Pixelmill-Delivery`` id, so receivers can drop duplicates. Deliveries can arrive out
 of order; the body's ``status`` and progress fields are authoritative.
@@ -55,8 +55,8 @@ import httpx
 from pydantic import BaseModel
 
 from pixelmill import __version__
-from pixelmill.errors import InvalidRequest
-from pixelmill.netguard import check_url, guarded_async_client
+from pixelmill.core.errors import InvalidRequest
+from pixelmill.outbound.netguard import check_url, guarded_async_client
 
 EVENTS = ("started", "progress", "completed")
 SIGNATURE_PREFIX = "sha256="
@@ -193,7 +193,7 @@ class WebhookSender:
     """Delivers signed job events to the URLs jobs name; see the module docstring.
 
     ``secret`` signs every delivery; ``allow_private`` lets receivers on loopback or
-    private networks through (see :mod:`pixelmill.netguard`); ``timeout_s`` bounds each
+    private networks through (see :mod:`pixelmill.outbound.netguard`); ``timeout_s`` bounds each
     phase of an attempt (and twice that the whole attempt). One sender serves any
     number of jobs; each :meth:`deliver` uses its own short-lived HTTP client, so it
     may be called from any event loop. For ``progress`` events, which go stale fast, a

@@ -43,7 +43,7 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 WRITE_OPTION = "pixelmill_write"
 """Execution option marking a connection whose transactions will write (SQLite: IMMEDIATE)."""
 
-MIGRATIONS = "pixelmill.jobs:migrations"
+MIGRATIONS = "pixelmill.db:migrations"
 """Where Alembic finds env.py and versions/: package data of ``pixelmill.jobs``."""
 
 SCHEMA_LOCK_KEY = 0x706978_6D696C6C  # "pixmill": any constant shared by all processes

@@ -20,8 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pixelmill.domain import GenerationRequest, JobError, JobRecord, WebhookSpec
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.types import GenerationRequest, JobError, JobRecord, WebhookSpec
+from pixelmill.core.errors import InvalidRequest
 
 UtcDateTime = sa.DateTime(timezone=True)
 

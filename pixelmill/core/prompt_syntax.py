@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 
 ROUND_FACTOR = 1.1
 """``(text)`` multiplies the weight by this; ``[text]`` divides by it."""

@@ -6,7 +6,7 @@ service, ``http://localhost:5432/`` a database. Two layers keep that from happen
 
 * :func:`check_url` at submission time: http/https only, a host is required, and
   *every* address the host resolves to must be public. The caller gets a clear
-  :class:`~pixelmill.errors.InvalidRequest` and nothing is queued.
+  :class:`~pixelmill.core.errors.InvalidRequest` and nothing is queued.
 * :func:`guarded_async_client` / :func:`guarded_client` at connection time: an httpx
   client whose network backend resolves the host itself, checks every address again and
   then connects to the *checked IP*. The URL keeps its host name, so the ``Host`` header,
@@ -32,7 +32,7 @@ import anyio.to_thread
 import httpcore
 import httpx
 
-from pixelmill.errors import InvalidRequest
+from pixelmill.core.errors import InvalidRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

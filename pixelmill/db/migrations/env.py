@@ -1,6 +1,6 @@
 """Alembic environment of the job store.
 
-Normally run by :func:`pixelmill.jobs.db.upgrade_schema`, which hands over a connection
+Normally run by :func:`pixelmill.db.engine.upgrade_schema`, which hands over a connection
 already inside a (locked) transaction through ``config.attributes["connection"]``. When
 run from the ``alembic`` command line instead, the database URL comes from ``-x url=…``
 (or ``sqlalchemy.url`` in the ini file).
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from alembic import context
 
-from pixelmill.jobs.db import create_db_engine
-from pixelmill.jobs.tables import Base
+from pixelmill.db.engine import create_db_engine
+from pixelmill.db.tables import Base
 
 target_metadata = Base.metadata
 

@@ -14,8 +14,8 @@ from collections.abc import Hashable
 
 from PIL import Image
 
-from pixelmill.domain import GenerationRequest, Mode
-from pixelmill.engine.schedulers import canonical_scheduler
+from pixelmill.core.types import GenerationRequest, Mode
+from pixelmill.core.samplers import canonical_scheduler
 
 
 def _size(request: GenerationRequest) -> tuple[int | None, int | None]:

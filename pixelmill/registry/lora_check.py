@@ -26,9 +26,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from pixelmill.errors import InvalidRequest, ModelUnavailable
-from pixelmill.registry import PICKLE_SUFFIXES, ModelEntry, ModelKind
-from pixelmill.sgm_names import UnetLayout, block_pairs, to_sgm, from_sgm, open_clip_to_hf
+from pixelmill.core.errors import InvalidRequest, ModelUnavailable
+from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelEntry, ModelKind
+from pixelmill.registry.sgm_names import UnetLayout, block_pairs, to_sgm, from_sgm, open_clip_to_hf
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 MAX_HEADER_BYTES = 100 << 20

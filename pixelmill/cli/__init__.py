@@ -1,0 +1,1 @@
+"""The ``pixelmill`` command, one module per subcommand."""

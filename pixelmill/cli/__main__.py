@@ -1,0 +1,5 @@
+"""``python -m pixelmill.cli``: the same as the ``pixelmill`` command."""
+
+from pixelmill.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The database: SQLAlchemy engine and pragmas, tables, Alembic migrations."""
