@@ -17,7 +17,6 @@ Emphasis, as in AUTOMATIC1111's web UI:
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -196,77 +195,3 @@ def _chunks(items: list) -> list[list[Segment]]:
 def segments_text(chunks: list[list[Segment]]) -> str:
     """The prompt text without any syntax: chunk texts joined by a space."""
     return " ".join("".join(segment.text for segment in chunk).strip() for chunk in chunks)
-
-
-# --- compel syntax --------------------------------------------------------------------
-
-# compel reads "word+" / "word-" as up/down-weighting, "(", ")" and '"' as grouping, and
-# inside a weighted group cannot hold "=" or a "+"/"-" that ends a word. CLIP splits text
-# into letter runs, single digits and symbol runs whatever the spacing, so a space put
-# between a word and a symbol run does not change the tokens.
-_SYMBOL_RUN = re.compile(r"(?:[^\w\s]|_)+")
-_SIGN_BEFORE_SYNTAX = re.compile(r"[+-][,.=+-]")
-_SIGN_AFTER_WORD = re.compile(r"(?<=[^\s,.=+-])[+-]+(?=[\s,.=]|$)")
-_OPERATOR_DOT = re.compile(r"\.(?=swap|attend|blend|and|add)")
-_COMPEL_ESCAPES = str.maketrans({"(": "\\(", ")": "\\)", '"': '\\"'})
-
-
-def a1111_to_compel(prompt: str) -> str:
-    """Translate A1111 emphasis into compel's syntax with the same per-token weights.
-
-    ``(word:1.3)`` becomes ``(word)1.3``; weight 1.0 text is left bare; parentheses and
-    quotes are escaped; ``BREAK`` chunks become ``("chunk 1", "chunk 2").and()``, which
-    compel encodes as separate 77-token chunks. Weights below 0 are written as 0 (compel
-    treats any weight at or below 0 as removing the text). Symbol runs compel cannot hold
-    inside a weighted group (``=``, a trailing ``+``/``-``) stay outside it, unweighted.
-    Known difference: compel inserts a space after every comma, so ``,,`` becomes two
-    comma tokens. The engine does not go through this string; it passes
-    :func:`parse_emphasis` segments to compel directly.
-    """
-    parts = [re.sub(r" {2,}", " ", " ".join(_compel_segment(segment) for segment in chunk)).strip()
-             for chunk in parse_emphasis(prompt)]
-    if len(parts) <= 1:
-        return parts[0] if parts else ""
-    quoted = ", ".join('"' + part.replace('"', '\\"') + '"' for part in parts)
-    return f"({quoted}).and()"
-
-
-def _compel_segment(segment: Segment) -> str:
-    if segment.weight == 1.0 or not segment.text.strip():
-        return _compel_bare(segment.text)
-    weight = _format_weight(segment.weight)
-    pieces, start = [], 0
-    for run in _SYMBOL_RUN.finditer(segment.text):
-        if _unsafe_in_group(run, segment.text):
-            pieces.append(_compel_group(segment.text[start:run.start()], weight))
-            pieces.append(_compel_bare(run.group()))
-            start = run.end()
-    pieces.append(_compel_group(segment.text[start:], weight))
-    return " ".join(piece for piece in pieces if piece)
-
-
-def _unsafe_in_group(run: re.Match, text: str) -> bool:
-    symbols = run.group()
-    following = text[run.end():run.end() + 1]
-    # Inside a group a "+"/"-" is word text only when a plain character follows it.
-    ends_word = symbols[-1] in "+-" and (not following or following.isspace())
-    return "=" in symbols or ends_word or _SIGN_BEFORE_SYNTAX.search(symbols) is not None
-
-
-def _compel_group(text: str, weight: str) -> str:
-    if not text.strip():
-        return ""
-    return f"({_OPERATOR_DOT.sub('. ', text.strip()).translate(_COMPEL_ESCAPES)}){weight}"
-
-
-def _compel_bare(text: str) -> str:
-    # Spaces keep compel from reading "word+" / "word-" as weights and ".swap" & co. as
-    # operators; CLIP splits "a.swap" and "a. swap" into the same tokens.
-    text = _OPERATOR_DOT.sub(". ", _SIGN_AFTER_WORD.sub(r" \g<0>", text))
-    return text.translate(_COMPEL_ESCAPES)
-
-
-def _format_weight(weight: float) -> str:
-    weight = max(0.0, weight) if math.isfinite(weight) else 1.0
-    text = f"{weight:.6f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text

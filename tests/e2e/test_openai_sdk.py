@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 
-from pixelmill.images.codecs import parse_a1111_parameters, read_parameters
+from tests.support.infotext import parse_a1111_parameters, read_parameters
 from tests.support.images import alpha_mask, decode, gradient, pixels, png_bytes
 
 PROMPT = "a red fox in snow"

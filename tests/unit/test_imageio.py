@@ -18,11 +18,10 @@ from pixelmill.images.codecs import (
     decode_upload,
     encode_image,
     open_png,
-    parse_a1111_parameters,
-    read_parameters,
     reencode_png,
 )
 from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
+from tests.support.infotext import parse_a1111_parameters, read_parameters
 
 
 def _save(img: Image.Image, fmt: str, **kwargs) -> bytes:

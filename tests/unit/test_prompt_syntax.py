@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from pixelmill.core.errors import InvalidRequest
-from pixelmill.core.prompt_syntax import (Segment, a1111_to_compel, extract_lora_tags, is_plain,
+from pixelmill.core.prompt_syntax import (Segment, extract_lora_tags, is_plain,
                                      parse_emphasis, segments_text, uses_break, uses_weighting)
 
 # --- LoRA tags ---------------------------------------------------------------------------
@@ -119,26 +119,3 @@ def test_syntax_detection(prompt, weighting, brk, plain):
 def test_segments_text_drops_syntax():
     assert segments_text(parse_emphasis(r"a (cat:1.3) \(b\) BREAK [c]")) == "a cat (b) c"
     assert Segment("x").weight == 1.0
-
-
-# --- compel translation ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("prompt", "expected"), [
-    ("a cat", "a cat"),
-    ("a (cat:1.3)", "a (cat)1.3"),
-    ("((cat))", "(cat)1.21"),
-    ("[cat]", "(cat)0.909091"),
-    ("(cat:1.0) dog", "cat dog"),
-    ("(cat:-1)", "(cat)0.0"),
-    (r"\(cat\)", r"\(cat\)"),
-    ('(say "hi":1.2)', r'(say \"hi\")1.2'),
-    ("C++ code", "C ++ code"),
-    ("(well-lit:1.2)", "(well-lit)1.2"),
-    ("(a - b:1.2)", "(a)1.2 - (b)1.2"),
-    ("a.swap(b)", "a. swap (b)1.1"),
-    ("x BREAK (y:1.2)", '("x", "(y)1.2").and()'),
-    ("", ""),
-])
-def test_a1111_to_compel_table(prompt, expected):
-    assert a1111_to_compel(prompt) == expected

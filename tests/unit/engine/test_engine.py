@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from pixelmill.core.types import GenerationRequest, Mode  # noqa: E402
-from pixelmill.images.codecs import parse_a1111_parameters, read_parameters, reencode_png  # noqa: E402
+from pixelmill.images.codecs import reencode_png  # noqa: E402
+from tests.support.infotext import parse_a1111_parameters, read_parameters  # noqa: E402
 from pixelmill.engine.runner import CancelToken, EngineRunner  # noqa: E402
 from pixelmill.core.errors import GenerationCanceled  # noqa: E402
 from pixelmill.registry.models_dir import ModelRegistry  # noqa: E402

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers/huggingface_hub are imported
 
@@ -20,7 +19,6 @@ from PIL import Image  # noqa: E402
 from pixelmill.engine.prompts import (PromptEmbeds, chunk_count, encode_prompts,  # noqa: E402
                                       encode_prompts_refiner, needs_compel, token_count)
 from pixelmill.core.errors import InvalidRequest  # noqa: E402
-from pixelmill.core.prompt_syntax import Segment, a1111_to_compel, parse_emphasis  # noqa: E402
 from tests.support.images import assert_same_image, gradient, pixels  # noqa: E402
 
 PROMPT = "a red cat sitting on the mat, photo"
@@ -242,42 +240,3 @@ def test_lora_in_the_text_encoders_applies(models_dir, pipe):
         pipe.unload_lora_weights()
     torch.testing.assert_close(with_lora, expected)
     assert not torch.allclose(with_lora, before)
-
-
-# --- compel reads the A1111 translation with the intended weights ------------------------
-
-_CLIP_PIECES = re.compile(r"[^\W\d_]+|\d|(?:[^\w\s]|_)+")
-
-
-def _token_weights(pairs) -> list[tuple[str, float]]:
-    """Weight per CLIP pre-token (letter run, digit, symbol run), as CLIP splits text."""
-    return [(piece.lower(), round(max(weight, 0.0), 4)) for text, weight in pairs
-            for piece in _CLIP_PIECES.findall(text)]
-
-
-def _split_runs(chunks, runs):
-    if not runs:
-        return chunks
-    pattern = re.compile("(" + "|".join(re.escape(run) for run in runs) + ")")
-    return [[Segment(part, s.weight) for s in chunk for part in pattern.split(s.text) if part]
-            for chunk in chunks]
-
-
-@pytest.mark.parametrize(("prompt", "unweighted"), [
-    ("a cat, photo", set()),
-    ("(masterpiece:1.2), best quality, [blurry], ((sharp focus))", set()),
-    ("(red (hair:1.3):0.8) and [[eyes]]", set()),
-    (r'\(literal\) (say "hi":1.2) 50% (e-mail, +1:1.3)', set()),
-    ("C++ code (1.5 meters:1.2) (x.and y:1.1) a.swap(b)", set()),
-    ("(C++ a - b x=y:1.4)", {"++", "-", "="}),  # symbol runs compel cannot weight stay at 1
-    ("a BREAK (b:1.2), c BREAK [d]", set()),
-    ("unclosed (paren and stray ) bracket", set()),
-])
-def test_compel_reads_the_intended_weights(prompt, unweighted):
-    from compel.prompt_parser import PromptParser
-
-    conjunction = PromptParser().parse_conjunction(a1111_to_compel(prompt))
-    got = [_token_weights((f.text, f.weight) for f in part.children) for part in conjunction.prompts]
-    want = [_token_weights((s.text, 1.0 if s.text.strip() in unweighted else s.weight) for s in chunk)
-            for chunk in _split_runs(parse_emphasis(prompt), unweighted)]
-    assert got == want
