@@ -7,8 +7,10 @@ resident until the least recently used one has to make room (by count and by fil
 Switching between resident adapters is ``set_adapters`` only: the file is not read again.
 
 A request without LoRAs runs with every adapter disabled (peft then calls the base layers
-directly), so it gets exactly the image a fresh server would give. A LoRA that is named
-but does not fit the model is an error for that request, never silently skipped.
+directly), so it gets exactly the image a fresh server would give. For that, loading or
+deleting an adapter must leave the model's own parameters as they were, ``requires_grad``
+included (see :func:`base_params_kept`). A LoRA that is named but does not fit the model
+is an error for that request, never silently skipped.
 
 With a compiled UNet (``hotswap_rank`` set) the UNet parts are not peft adapters of their
 own but are copied into fixed slots instead, so that switching never recompiles; see
@@ -91,6 +93,30 @@ def _watch_lora_warnings() -> Iterator[_UnexpectedKeys]:
             lg.setLevel(level)
 
 
+@contextmanager
+def base_params_kept(pipe: Any) -> Iterator[None]:
+    """Give the LoRA-loadable modules' parameters back their ``requires_grad`` afterwards.
+
+    peft marks every parameter that is not an adapter's ``requires_grad=False`` whenever it
+    injects an adapter (``BaseTuner._mark_only_adapters_as_trainable``). Under ``no_grad``
+    that changes no value, but it changes torch's kernel choice: ``matmul`` folds a 3-D
+    input that cannot be viewed as 2-D (the UNet's ``proj_in`` input after the permute in
+    ``Transformer2DModel``) into one ``mm`` when the weight requires grad, and runs a batched
+    ``bmm`` when it does not, which sums in another order (~2e-7 per layer, ~1.5e-6 in the
+    demo model's image). Without this, every request after the first LoRA load, with or
+    without LoRAs, would differ from a fresh server's. Adapter parameters are left to peft.
+    """
+    modules = [getattr(pipe, name, None) for name in getattr(pipe, "_lora_loadable_modules", ())]
+    saved = [(param, param.requires_grad) for module in modules
+             if module is not None and hasattr(module, "parameters") for param in module.parameters()]
+    try:
+        yield
+    finally:
+        for param, flag in saved:
+            if param.requires_grad != flag:
+                param.requires_grad_(flag)
+
+
 class LoraCache:
     """LoRA adapters resident in one model, LRU by count and total file bytes."""
 
@@ -168,11 +194,12 @@ class LoraCache:
         if resident is not None and resident.version == version:
             self._resident.move_to_end(name)
             return resident
-        if resident is not None:  # the file changed since it was loaded
-            self._delete(name)
-        self._make_room(entry.size_bytes, keep={spec.name for spec in keep})
-        adapter = self._load(entry.path, name, param=param)
-        unet = self._take_unet_part(adapter, name, param=param) if self._slots is not None else None
+        with base_params_kept(self._pipe):
+            if resident is not None:  # the file changed since it was loaded
+                self._delete(name)
+            self._make_room(entry.size_bytes, keep={spec.name for spec in keep})
+            adapter = self._load(entry.path, name, param=param)
+            unet = self._take_unet_part(adapter, name, param=param) if self._slots is not None else None
         self._resident[name] = resident = _Resident(adapter, version, entry.size_bytes, unet)
         return resident
 
@@ -241,7 +268,8 @@ class LoraCache:
 
     def clear(self) -> None:
         """Unload every adapter (the model stays loaded)."""
-        for name in list(self._resident):
-            self._delete(name)
+        with base_params_kept(self._pipe):
+            for name in list(self._resident):
+                self._delete(name)
         self._enabled = False
         gc.collect()

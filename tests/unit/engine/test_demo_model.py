@@ -66,10 +66,18 @@ def test_same_seed_same_image_different_seed_different(pipes):
 
 
 def test_lora_weight_zero_is_no_op_and_one_changes_the_image(pipes, models_dir):
+    from pixelmill.engine.adapters import base_params_kept
+
     base = pipes.base
     plain = _run(base)
-    base.load_lora_weights(str(models_dir / "loras"), weight_name="demo-style.safetensors",
-                           adapter_name="demo-style")
+    # Loading through peft marks every non-adapter parameter requires_grad=False. That alone,
+    # with no LoRA at all, moves the image by ~1.5e-6: torch's matmul then runs the UNet's
+    # non-contiguous proj_in input through bmm instead of one folded mm. It is not the LoRA's
+    # arithmetic (at weight 0 peft adds lora_B(lora_A(x)) * 0.0, exactly 0), so the flags are
+    # given back here as pixelmill's LoraCache does; what is compared below is the LoRA alone.
+    with base_params_kept(base):
+        base.load_lora_weights(str(models_dir / "loras"), weight_name="demo-style.safetensors",
+                               adapter_name="demo-style")
     try:
         # touches UNet and both text encoders
         assert base.get_list_adapters() == {"unet": ["demo-style"], "text_encoder": ["demo-style"],
