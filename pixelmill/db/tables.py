@@ -4,24 +4,31 @@ Timestamps are timezone-aware UTC. PostgreSQL keeps the zone; SQLite stores naiv
 so every datetime written must already be UTC (the store only writes
 ``datetime.now(timezone.utc)`` and values passed through :func:`utc`) and every one read
 is made aware again in :func:`job_record`.
+
+Input images (init, mask, each ControlNet image) are not in the ``request`` column: they
+sit once each in ``input_images`` (keyed by their SHA-256) and the row's ``inputs``
+column names them (see :mod:`pixelmill.jobs.inputs`). Reading a row without them gives
+the request with those fields emptied; only claiming a job loads them back.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pixelmill.core.types import GenerationRequest, JobError, JobRecord, WebhookSpec
 from pixelmill.core.errors import InvalidRequest
+from pixelmill.core.lifecycle import check_transition
+from pixelmill.core.types import GenerationRequest, JobError, JobRecord, JobStatus, WebhookSpec
 
 UtcDateTime = sa.DateTime(timezone=True)
 
@@ -34,15 +41,26 @@ class Job(Base):
     """One generation job: request, life cycle, lease, results and cost-ledger facts."""
 
     __tablename__ = "jobs"
+    # Idempotency keys are per tenant: the same key from two API keys names two jobs.
+    __table_args__ = (
+        sa.UniqueConstraint("idempotency_key", "idempotency_scope", name="uq_jobs_idempotency"),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
     priority: Mapped[int] = mapped_column(sa.Integer, default=0)
     request: Mapped[str] = mapped_column(sa.Text)
+    # Its images' ids in input_images. SQL NULL, not JSON null, for "no images": the
+    # migration's downgrade selects on it.
+    inputs: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))
     request_hash: Mapped[str] = mapped_column(sa.String(64))
     batch_id: Mapped[str | None] = mapped_column(sa.String(40), sa.ForeignKey("batches.id"), index=True)
-    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
+    # The key's namespace, set with it: api_key_id, or "" without one. Not api_key_id
+    # itself because NULLs never collide in a unique constraint (SQLite, PostgreSQL < 15).
+    idempotency_scope: Mapped[str | None] = mapped_column(sa.String(64))
     api_key_id: Mapped[str | None] = mapped_column(sa.String(64))
+    batch_key: Mapped[str | None] = mapped_column(sa.String(64), doc="See batch_key_digest.")
     attempt: Mapped[int] = mapped_column(sa.Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, default=False)
@@ -99,6 +117,16 @@ class Blob(Base):
     expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
+class InputImage(Base):
+    """An input image of queued or past jobs, stored once whatever number of jobs use it."""
+
+    __tablename__ = "input_images"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True, doc="SHA-256 of data, hex.")
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class ApiKeyRow(Base):
     """An API key: only the SHA-256 of the token is stored, plus a non-secret display prefix."""
 
@@ -118,6 +146,7 @@ class ApiKeyRow(Base):
 jobs = Job.__table__
 batches = Batch.__table__
 blobs = Blob.__table__
+input_images = InputImage.__table__
 api_keys = ApiKeyRow.__table__
 
 
@@ -142,13 +171,18 @@ def utc_or_none(value: datetime | None) -> datetime | None:
     return None if value is None else utc(value)
 
 
+def utc_now() -> datetime:
+    """The current time, aware UTC: the only clock the store writes."""
+    return datetime.now(timezone.utc)
+
+
 def request_hash(
     request: GenerationRequest, webhook: WebhookSpec | None, priority: int, api_key_id: str | None
 ) -> str:
     """sha256 of the canonical JSON of everything that makes two submissions "the same".
 
-    The API key is part of it so that one tenant reusing another's Idempotency-Key gets
-    an error instead of the other tenant's job.
+    The API key has been part of it since keys were global; it stays so that rows
+    stored before keys were scoped per tenant keep their hashes.
     """
     body = {
         "request": request.model_dump(mode="json"),
@@ -161,17 +195,24 @@ def request_hash(
 
 
 def new_job(
-    request: GenerationRequest, *, created_at: datetime, webhook: WebhookSpec | None, priority: int,
+    request: GenerationRequest, *, stored: GenerationRequest, inputs: dict | None, batch_key: str | None,
+    created_at: datetime, webhook: WebhookSpec | None, priority: int,
     api_key_id: str | None, max_attempts: int, batch_id: str | None = None,
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """Column values of a new queued job with a fresh id; ledger columns come from the request."""
+    """Column values of a new queued job with a fresh id; ledger columns come from the request.
+
+    ``stored``/``inputs`` are ``request`` split by ``pixelmill.jobs.inputs.split_inputs``;
+    ``batch_key`` is the digest of its batch key. ``width``/``height`` are the size the
+    request policy resolved (None for txt2img at the model's native size).
+    """
     return {
-        "id": new_job_id(), "status": "queued", "request": request.model_dump_json(),
-        "request_hash": request_hash(request, webhook, priority, api_key_id),
+        "id": new_job_id(), "status": JobStatus.queued.value, "request": stored.model_dump_json(),
+        "inputs": inputs, "request_hash": request_hash(request, webhook, priority, api_key_id),
         "webhook": webhook.model_dump(mode="json") if webhook else None,
         "priority": priority, "api_key_id": api_key_id, "max_attempts": max_attempts,
         "batch_id": batch_id, "idempotency_key": idempotency_key, "created_at": created_at,
+        "idempotency_scope": idempotency_scope(idempotency_key, api_key_id), "batch_key": batch_key,
         "attempt": 0, "cancel_requested": False, "progress_step": 0, "progress_total": 0,
         "result_ids": [], "result_seeds": [], "images": 0,
         "model": request.model, "mode": request.mode.value, "width": request.width,
@@ -179,8 +220,30 @@ def new_job(
     }
 
 
+def idempotency_scope(key: str | None, api_key_id: str | None) -> str | None:
+    """Namespace of an Idempotency-Key: the API key's id, "" without one, None without a key."""
+    return None if key is None else api_key_id or ""
+
+
+def batch_key_digest(key: Hashable) -> str:
+    """A stable text form (SHA-256 of canonical JSON) of a batch key, for the ``batch_key`` column.
+
+    Equal keys give equal digests in every process, whatever Python's hash seed.
+    """
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), default=_canonical)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return repr(value)
+
+
 def job_record(row: Mapping[str, Any]) -> JobRecord:
-    """The domain record for a ``jobs`` row (a result row's ``_mapping``)."""
+    """The domain record for a ``jobs`` row (a result row's ``_mapping``), input images left out."""
     error = None
     if row["error_code"] is not None:
         error = JobError(code=row["error_code"], message=row["error_message"] or "")
@@ -261,9 +324,21 @@ def page_query(
     return stmt if cursor is None else stmt.where(after_cursor(cursor))
 
 
+QUEUED, RUNNING = JobStatus.queued, JobStatus.running
+
+
+def moved(source: JobStatus, target: JobStatus) -> dict[str, Any]:
+    """``{"status": target}`` once :mod:`pixelmill.core.lifecycle` allows ``source → target``.
+
+    Every status a writer sets comes from here; raises ``IllegalTransition`` otherwise.
+    """
+    check_transition(source, target)
+    return {"status": target.value}
+
+
 def claimed(worker: str, now: datetime, lease_s: float) -> dict[str, Any]:
     """Values of a queued job that ``worker`` starts now, leased for ``lease_s`` seconds."""
-    return {"status": "running", "attempt": jobs.c.attempt + 1, "worker": worker, "started_at": now,
+    return {**moved(QUEUED, RUNNING), "attempt": jobs.c.attempt + 1, "worker": worker, "started_at": now,
             "lease_expires_at": now + timedelta(seconds=lease_s), "heartbeat_at": now,
             "progress_step": 0, "progress_total": 0}
 
@@ -275,27 +350,27 @@ def succeeded(now: datetime, result_ids: list[str], seeds: list[int], control_id
     ``control_ids`` are the preprocessed control images, when the request asked for them;
     they are not images the ledger counts.
     """
-    return {"status": "succeeded", "finished_at": now, "lease_expires_at": None,
+    return {**moved(RUNNING, JobStatus.succeeded), "finished_at": now, "lease_expires_at": None,
             "result_ids": list(result_ids), "result_seeds": list(seeds), "images": len(result_ids),
             "control_result_ids": list(control_ids) or None,
             "error_code": None, "error_message": None, **ledger}
 
 
 def requeued(attempt: int | sa.ColumnElement[int]) -> dict[str, Any]:
-    """Values that put a job back in the queue with ``attempt`` attempts counted."""
-    return {"status": "queued", "attempt": attempt, "started_at": None, "progress_step": 0,
+    """Values that put a running job back in the queue with ``attempt`` attempts counted."""
+    return {**moved(RUNNING, QUEUED), "attempt": attempt, "started_at": None, "progress_step": 0,
             "progress_total": 0, **LEASE_CLEARED}
 
 
-def canceled(now: datetime) -> dict[str, Any]:
-    """Values of a job that ended canceled: no results, no error."""
-    return {"status": "canceled", "finished_at": now, "lease_expires_at": None, "result_ids": [],
-            "result_seeds": [], "images": 0, "error_code": None, "error_message": None}
+def canceled(now: datetime, source: JobStatus = RUNNING) -> dict[str, Any]:
+    """Values of a job (``source``: queued or running) that ended canceled: no results, no error."""
+    return {**moved(source, JobStatus.canceled), "finished_at": now, "lease_expires_at": None,
+            "result_ids": [], "result_seeds": [], "images": 0, "error_code": None, "error_message": None}
 
 
 def failed(now: datetime, code: str, message: str) -> dict[str, Any]:
-    """Values of a job that ended failed with ``code``."""
-    return {"status": "failed", "finished_at": now, "lease_expires_at": None,
+    """Values of a running job that ended failed with ``code``."""
+    return {**moved(RUNNING, JobStatus.failed), "finished_at": now, "lease_expires_at": None,
             "error_code": code, "error_message": message}
 
 

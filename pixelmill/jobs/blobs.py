@@ -1,8 +1,9 @@
 """Result bytes kept in the job database, for deployments with several API hosts.
 
-Same surface as the directory-backed :class:`~pixelmill.jobs.results.ResultStore`
-(``put`` / ``put_many`` / ``get`` / ``sweep``), so any host can serve a result that a
-worker on another host produced. Ids are 192-bit random tokens, unguessable like result file names.
+The part of the directory-backed :class:`~pixelmill.jobs.results.ResultStore` that workers
+and the API use (``put_many`` / ``get`` / ``sweep``), so any host can serve a result that
+a worker on another host produced. Ids are 192-bit random tokens, unguessable like result
+file names.
 """
 
 from __future__ import annotations
@@ -47,12 +48,9 @@ class DatabaseResultStore:
         self.engine = engine
         self.retention_s = retention_s
 
-    def put(self, data: bytes, media_type: str) -> str:
-        """Store ``data`` and return its new unguessable 32-character id."""
-        return self.put_many([(data, media_type)])[0]
-
     def put_many(self, files: list[tuple[bytes, str]]) -> list[str]:
-        """Store each ``(data, media_type)`` in one transaction; returns their new ids in order."""
+        """Store each ``(data, media_type)`` in one transaction; returns their new unguessable
+        32-character ids in order."""
         now = datetime.now(timezone.utc)
         expires = now + timedelta(seconds=self.retention_s)
         rows = [

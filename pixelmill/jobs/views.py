@@ -35,6 +35,8 @@ class JobPublic(BaseModel):
     status: JobStatus
     batch_id: str | None = None
     queue_position: int | None = Field(None, description="1 = next to run; only while queued.")
+    waiting_reason: str | None = Field(
+        None, description="Only while queued, when something is wrong: why no worker runs the job.")
     progress: ProgressPublic | None = None
     attempt: int
     created_at: datetime
@@ -59,13 +61,16 @@ def file_url(base_url: str, file_id: str) -> str:
     return f"{base_url.rstrip('/')}/v1/files/{file_id}"
 
 
-def job_public(job: JobRecord, *, base_url: str = "", queue_position: int | None = None) -> JobPublic:
+def job_public(
+    job: JobRecord, *, base_url: str = "", queue_position: int | None = None, waiting_reason: str | None = None,
+) -> JobPublic:
     """Render ``job`` for clients; result URLs are built on ``base_url``."""
     progress = None
     if job.status is JobStatus.running or job.progress_total:
         progress = ProgressPublic(step=job.progress_step, total=job.progress_total)
     return JobPublic(
         id=job.id, status=job.status, batch_id=job.batch_id, queue_position=queue_position,
+        waiting_reason=waiting_reason,
         progress=progress, attempt=job.attempt, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, worker=job.worker,
         results=[ResultPublic(url=file_url(base_url, fid), seed=seed) for fid, seed in zip(job.result_ids, job.result_seeds)],

@@ -67,7 +67,7 @@ def _start_claimers(url: str, go: Path) -> list[subprocess.Popen]:
 def test_processes_claiming_concurrently_never_share_a_job(shared_url: str, tmp_path):
     store = JobStore.open(shared_url)
     try:
-        _, jobs = store.submit_batch([GenerationRequest(prompt=f"p{i}") for i in range(JOBS)])
+        _, jobs = store.submit_batch([GenerationRequest(prompt=f"p{i}", steps=4) for i in range(JOBS)])
         go = tmp_path / "go"
         procs = _start_claimers(shared_url, go)
         go.touch()

@@ -23,6 +23,11 @@ from pixelmill.jobs.store import JobStore
 CLAIMERS, JOBS = 4, 50
 
 
+def req(prompt: str) -> GenerationRequest:
+    # steps given: a request straight into the store skips the policy that fills defaults.
+    return GenerationRequest(prompt=prompt, steps=4)
+
+
 def _race(n: int, work):
     """Run ``work(i)`` in ``n`` threads released at the same moment; return the results."""
     barrier = threading.Barrier(n)
@@ -43,7 +48,7 @@ def _stores(store: JobStore, db_url: str, separate_engines: bool) -> list[JobSto
 
 @pytest.mark.parametrize("separate_engines", [False, True], ids=["shared-engine", "engine-per-claimer"])
 def test_concurrent_claims_never_double_claim(store: JobStore, db_url: str, separate_engines: bool):
-    store.submit_batch([GenerationRequest(prompt=f"p{i}") for i in range(JOBS)])
+    store.submit_batch([req(f"p{i}") for i in range(JOBS)])
     stores = _stores(store, db_url, separate_engines)
     for each in stores:
         each.count(JobStatus.queued)  # connect before the race, so it starts together
@@ -69,7 +74,7 @@ def test_concurrent_claims_never_double_claim(store: JobStore, db_url: str, sepa
 
 
 def test_concurrent_reapers_and_claimers(store: JobStore):
-    store.submit_batch([GenerationRequest(prompt=f"p{i}") for i in range(20)], max_attempts=5)
+    store.submit_batch([req(f"p{i}") for i in range(20)], max_attempts=5)
     store.claim("dead", lease_s=60, limit=20)
     later = datetime.now(timezone.utc) + timedelta(hours=1)
     reaped = _race(4, lambda _i: store.reap_expired(now=later))
@@ -83,7 +88,7 @@ def test_concurrent_reapers_and_claimers(store: JobStore):
 
 
 def test_idempotent_submit_race_makes_one_job(store: JobStore):
-    request = GenerationRequest(prompt="same")
+    request = req("same")
     results = _race(8, lambda _i: store.submit(request, idempotency_key="race-key"))
     assert len({job.id for job, _created in results}) == 1
     assert sum(created for _job, created in results) == 1
@@ -93,7 +98,7 @@ def test_idempotent_submit_race_makes_one_job(store: JobStore):
 def test_idempotent_race_with_different_bodies(store: JobStore):
     def submit(i: int):
         try:
-            return store.submit(GenerationRequest(prompt=f"body {i % 2}"), idempotency_key="k")
+            return store.submit(req(f"body {i % 2}"), idempotency_key="k")
         except InvalidRequest as exc:
             return exc
 
@@ -106,7 +111,7 @@ def test_idempotent_race_with_different_bodies(store: JobStore):
 def test_capacity_is_exact_under_concurrent_submits(store: JobStore):
     def submit(i: int) -> bool:
         try:
-            store.submit(GenerationRequest(prompt=f"p{i}"), max_queued=5)
+            store.submit(req(f"p{i}"), max_queued=5)
             return True
         except Exception:  # noqa: BLE001 - Overloaded is the expected refusal
             return False

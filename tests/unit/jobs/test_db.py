@@ -115,13 +115,13 @@ def test_concurrent_upgrades_on_a_fresh_database(fresh_db_url: str):
 
 def test_blobs_put_get_expiry_and_sweep(store: JobStore):
     blobs = DatabaseResultStore(store.engine, retention_s=60)
-    blob_id = blobs.put(b"\x89PNG-bytes", "image/png")
+    (blob_id,) = blobs.put_many([(b"\x89PNG-bytes", "image/png")])
     assert len(blob_id) == 32
     stored = blobs.get(blob_id)
     assert stored == StoredResult(blob_id, "image/png", data=b"\x89PNG-bytes", path=None)
     assert stored.read() == b"\x89PNG-bytes"
     short = DatabaseResultStore(store.engine, retention_s=0)
-    expired_id = short.put(b"gone", "image/webp")
+    (expired_id,) = short.put_many([(b"gone", "image/webp")])
     with pytest.raises(NotFound) as info:
         short.get(expired_id)
     assert info.value.param == "file_id"

@@ -12,7 +12,7 @@ from pixelmill.core.types import GenerationRequest, JobStatus
 from pixelmill.core.errors import WaitTimeout
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.service import JobService
-from pixelmill.jobs.store import JobStore
+from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.settings import Settings
 
 
@@ -97,8 +97,8 @@ def _running_job(store: JobStore, worker: str):
 
 
 def _complete(store: JobStore, job, worker: str) -> None:
-    assert store.complete(job.id, worker, job.attempt, result_ids=["r"], seeds=[1], gpu_seconds=1.0,
-                          sampler="euler", width=64, height=64)
+    done = Completion(job.id, job.attempt, ["r"], [1], 1.0, "euler", 64, 64)
+    assert store.complete_batch(worker, [done])[job.id] is not None
 
 
 def _wait_out(store: CountingStore, worker: str) -> tuple[int, float, JobStatus]:

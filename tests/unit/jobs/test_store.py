@@ -30,6 +30,13 @@ def reap_all(store: JobStore) -> list[str]:
     return store.reap_expired(now=datetime.now(timezone.utc) + LATER)
 
 
+def complete(store: JobStore, job_id: str, worker: str, attempt: int, *, result_ids: list[str],
+             seeds: list[int], model: str | None = None, gpu_seconds: float = 1.0) -> bool:
+    """Complete one job the way the worker does (a batch of one); False for a stale attempt."""
+    done = Completion(job_id, attempt, result_ids, seeds, gpu_seconds, "euler", 64, 64, model=model)
+    return store.complete_batch(worker, [done])[job_id] is not None
+
+
 # ---- submit / get / list -------------------------------------------------------------
 
 
@@ -41,7 +48,9 @@ def test_submit_and_get_round_trip(store: JobStore):
     assert job.status is JobStatus.queued and job.attempt == 0 and job.max_attempts == 5
     assert (job.model, job.mode, job.width, job.height, job.steps) == ("demo", Mode.img2img, 64, 64, 7)
     again = store.get(job.id)
-    assert again == job and again.request == request and again.webhook == webhook
+    # Read back without its input image (test_inputs.py); a claim brings it back.
+    assert again == job and again.request == request.model_copy(update={"init_image": None})
+    assert again.webhook == webhook and claim_one(store).request == request
     assert again.created_at.tzinfo is not None and again.created_at.utcoffset() == timedelta(0)
     assert abs(again.created_at - datetime.now(timezone.utc)) < timedelta(minutes=1)
 
@@ -100,6 +109,21 @@ def test_idempotency_same_body_same_job_different_body_error(store: JobStore):
     assert store.count(JobStatus.queued) == 1
 
 
+def test_idempotency_keys_are_per_api_key(store: JobStore):
+    mine, created = store.submit(req(), idempotency_key="order-1", api_key_id="key_a")
+    # Another tenant's same key is another job, with any body: it can neither block nor probe.
+    theirs, created_theirs = store.submit(req("their body"), idempotency_key="order-1", api_key_id="key_b")
+    anonymous, created_anonymous = store.submit(req(), idempotency_key="order-1")
+    assert created and created_theirs and created_anonymous
+    assert len({mine.id, theirs.id, anonymous.id}) == 3
+    assert store.submit(req(), idempotency_key="order-1", api_key_id="key_a") == (mine, False)
+    assert store.submit(req("their body"), idempotency_key="order-1", api_key_id="key_b") == (theirs, False)
+    assert store.submit(req(), idempotency_key="order-1") == (anonymous, False)
+    with pytest.raises(InvalidRequest):  # within one tenant a key still means one body
+        store.submit(req("their body"), idempotency_key="order-1", api_key_id="key_a")
+    assert store.count(JobStatus.queued) == 3
+
+
 def test_overload_stores_nothing(store: JobStore):
     store.submit(req(), idempotency_key="first")
     store.submit(req())
@@ -142,16 +166,19 @@ def test_claim_sets_lease_and_attempt(store: JobStore):
     assert store.count(JobStatus.running) == 1 and store.count(JobStatus.queued) == 0
 
 
-def test_claim_with_batch_key_takes_compatible_jobs(store: JobStore):
-    a1 = store.submit(req(model="a"))[0]
-    store.submit(req(model="b"))
-    a2 = store.submit(req(model="a"))[0]
-    a3 = store.submit(req(model="a", steps=9))[0]
-    claimed = store.claim("w1", lease_s=60, limit=3, batch_key=lambda r: r.model)
+def test_claim_with_batch_key_takes_jobs_of_the_same_key(store: JobStore):
+    by_model = JobStore(store.engine, batch_key=lambda r: r.model)  # keys are computed at submit
+    a1 = by_model.submit(req(model="a"))[0]
+    b1 = by_model.submit(req(model="b"))[0]
+    a2 = by_model.submit(req(model="a"))[0]
+    a3 = by_model.submit(req(model="a", steps=9))[0]
+    claimed = by_model.claim("w1", lease_s=60, limit=3, batch_key=by_model.batch_key)
     assert [job.id for job in claimed] == [a1.id, a2.id, a3.id]
-    store.submit(req(model="b", steps=9))
-    same_steps = store.claim("w1", lease_s=60, limit=3, compatible_with=lambda h, r: h.steps == r.steps)
-    assert [job.request.model for job in same_steps] == ["b"]
+    with pytest.raises(ValueError):  # another key function cannot apply to stored keys
+        by_model.claim("w1", lease_s=60, limit=3, batch_key=lambda r: r.steps)
+    b2 = by_model.submit(req(model="b", steps=9))[0]
+    company = by_model.claim_matching("w1", lease_s=60, limit=5, batch_key=by_model.batch_key, key="b")
+    assert [job.id for job in company] == [b1.id, b2.id]
 
 
 # ---- worker updates --------------------------------------------------------------------
@@ -199,12 +226,11 @@ def test_stale_attempt_cannot_complete(store: JobStore):
     reap_all(store)
     newer = claim_one(store, "w2")
     assert newer.attempt == 2
-    assert not store.complete(job.id, "w1", 1, result_ids=["x"], seeds=[1], gpu_seconds=1.0,
-                              sampler="euler", width=64, height=64)
+    assert not complete(store, job.id, "w1", 1, result_ids=["x"], seeds=[1])
     current = store.get(job.id)
     assert current.status is JobStatus.running and current.worker == "w2" and current.result_ids == []
-    assert store.complete(job.id, "w2", 2, result_ids=["r1", "r2"], seeds=[7, 8], gpu_seconds=2.5,
-                          sampler="euler", width=64, height=64, model="demo")
+    assert complete(store, job.id, "w2", 2, result_ids=["r1", "r2"], seeds=[7, 8], gpu_seconds=2.5,
+                    model="demo")
     done = store.get(job.id)
     assert done.status is JobStatus.succeeded and done.images == 2 and done.result_seeds == [7, 8]
     assert done.finished_at is not None and done.gpu_seconds == 2.5 and done.sampler == "euler"
@@ -255,16 +281,14 @@ def test_reap_requeues_then_fails_worker_lost(store: JobStore):
 def test_terminal_states_never_change(store: JobStore):
     done = store.submit(req("done"))[0]
     claim_one(store, "w1")
-    store.complete(done.id, "w1", 1, result_ids=["r"], seeds=[1], gpu_seconds=1, sampler="s",
-                   width=64, height=64)
+    complete(store, done.id, "w1", 1, result_ids=["r"], seeds=[1])
     assert store.cancel(done.id) == store.get(done.id)
     assert store.get(done.id).status is JobStatus.succeeded
     canceled = store.cancel(store.submit(req("c"))[0].id)
     assert canceled.status is JobStatus.canceled and canceled.finished_at and canceled.error is None
     for job_id in (done.id, canceled.id):
         before = store.get(job_id)
-        assert not store.complete(job_id, "w1", 1, result_ids=[], seeds=[], gpu_seconds=0,
-                                  sampler="s", width=64, height=64)
+        assert not complete(store, job_id, "w1", 1, result_ids=[], seeds=[])
         assert not store.fail(job_id, "w1", 1, code="x", message="y", retry=True)
         assert not store.mark_canceled(job_id, "w1", 1) and not store.release(job_id, "w1", 1)
         assert store.heartbeats([(job_id, 1)], "w1", lease_s=10) == {job_id: None}
