@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pixelmill.core.policy import Defaults, Limits, Policy
+
 DEFAULT_HUB_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 """Model served when none is configured; falls back to the demo model if it cannot load."""
 
@@ -127,6 +129,10 @@ class Settings(BaseSettings):
     """Denoising steps when a request does not say (OpenAI ``quality`` auto/standard)."""
     default_guidance: float = 5.0
     """Classifier-free guidance (CFG scale) when a request does not say."""
+    default_strength: float = Field(0.75, gt=0, le=1)
+    """img2img/inpaint strength (how much of the input is re-noised) when a request does not say."""
+    default_mask_blur: int = Field(4, ge=0, le=64)
+    """Feathering of an inpaint mask's edge, in pixels, when a request does not say."""
     variation_strength: float = 0.6
     """img2img strength used by ``/v1/images/variations`` unless the request says."""
     result_retention_s: int = Field(3600, ge=1)
@@ -153,6 +159,27 @@ class Settings(BaseSettings):
     """Largest multipart (upload) request body (bytes)."""
     max_upload_pixels: int = 16_000_000
     """Largest uploaded image (pixels); larger ones are refused before decoding."""
+    max_request_pixels: int = Field(64_000_000, ge=1)
+    """Most pixels decoded for one request, all its images together (uploads, masks, control
+    images, every image of a batch); beyond it the request is refused (413)."""
+    max_batch_images: int = Field(1000, ge=1)
+    """Most images one ``/v1/batches`` request may queue (jobs × n), counted before anything
+    is expanded or decoded."""
+
+    # --- intake (what a request may cost the server before it is a job) ---------------
+    max_body_bytes_in_flight: int = Field(256 << 20, ge=1)
+    """Request-body bytes held at once across all requests (from arrival until the answer
+    starts); a request that would exceed it gets 429 with Retry-After before its body is read."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a request body may take to arrive in full; a slower one gets 408 and its
+    connection is closed."""
+    intake_threads: int = Field(0, ge=0, le=64)
+    """Threads that decode, check and re-encode uploaded images, shared by all requests (the
+    event loop never does it). 0 = auto: half the CPU cores, 1 to 4."""
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    """On SIGTERM, how long open requests (e.g. synchronous calls still waiting for their job)
+    may take before they are ended with 503; their jobs go on. Calls whose client hung up
+    are ended at once."""
 
     # --- cost ------------------------------------------------------------------------
     cost_gpu_hour: float = Field(1.20, ge=0)
@@ -184,6 +211,23 @@ class Settings(BaseSettings):
         if self.heartbeat_s * 2 > self.lease_s:
             raise ValueError("heartbeat_s must be at most half of lease_s")
         return self
+
+    def policy(self) -> Policy:
+        """The small view of these settings that the request policy reads (limits,
+        defaults, model names); see :func:`pixelmill.core.policy.resolve`."""
+        return Policy(
+            limits=Limits(
+                min_side=self.min_side, max_side=self.max_side, max_pixels=self.max_pixels,
+                max_steps=self.max_steps, max_n=self.max_n, max_guidance=self.max_guidance,
+                max_prompt_chars=self.max_prompt_chars,
+            ),
+            defaults=Defaults(
+                steps=self.default_steps, guidance=self.default_guidance, strength=self.default_strength,
+                mask_blur=self.default_mask_blur, refiner=self.refiner,
+                refiner_switch_at=self.refiner_switch_at,
+            ),
+            default_model_names=frozenset({*self.model_aliases, *self.default_model_names}),
+        )
 
     @property
     def default_model_names(self) -> set[str]:

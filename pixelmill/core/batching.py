@@ -3,43 +3,35 @@
 Two requests with equal keys run as one batch in the worker; each image still gets its
 own prompt, negative prompt and seed, so a batched image equals the image made alone.
 Everything that shapes the denoising call for all samples at once is in the key.
+The key reads the fields of a resolved request (:func:`pixelmill.core.policy.resolve`)
+as they are: size, steps, scheduler and model were settled before the job was stored.
 No framework imports: the job store calls this while claiming.
 """
 
 from __future__ import annotations
 
-import io
 import secrets
 from collections.abc import Hashable
 
-from PIL import Image
-
 from pixelmill.core.types import GenerationRequest, Mode
-from pixelmill.core.samplers import canonical_scheduler
-
-
-def _size(request: GenerationRequest) -> tuple[int | None, int | None]:
-    """The size the request will run at, as far as it can be known without a model."""
-    if request.width is not None or request.init_image is None:
-        return request.width, request.height
-    with Image.open(io.BytesIO(request.init_image)) as image:  # header only: cheap
-        return image.width - image.width % 8, image.height - image.height % 8
 
 
 def batch_key(request: GenerationRequest) -> Hashable:
     """Requests with equal keys can run in one pipeline call.
 
     ControlNet requests (a control image per request) never share a call: they get a
-    key of their own.
+    key of their own. So does an img2img/inpaint request without a size (one queued
+    before the policy resolved sizes): its size is not known here, and guessing it
+    would be a second size rule.
     """
-    if request.controlnets:
+    if request.controlnets or (request.width is None and request.mode is not Mode.txt2img):
         return ("solo", secrets.token_hex(8))
     return (
         request.model,
         request.mode.value,
-        _size(request),
+        (request.width, request.height),  # None for txt2img: the model's native size
         request.steps,
-        canonical_scheduler(request.scheduler) if request.scheduler else None,
+        request.scheduler,
         request.guidance,
         request.clip_skip,
         request.strength if request.mode is not Mode.txt2img else None,

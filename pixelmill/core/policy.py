@@ -1,56 +1,293 @@
-"""Server-side limits on a :class:`GenerationRequest`, checked before anything is queued.
+"""The request policy: one step turns a dialect's request into the request that runs.
 
-Every dialect's request passes through :func:`validate_request`, so a limit is
-enforced once for all APIs. Violations raise :class:`InvalidRequest` naming the
-internal field; dialects translate the name to their own wire parameter.
+Dialects translate their wire bodies into a :class:`GenerationRequest` whose unset fields
+are None. :func:`resolve` is the only place that fills them (from a :class:`Policy`, the
+small view of the settings it needs), takes the size from the input image, resolves
+model aliases and checks every limit. Its :class:`ResolvedRequest` is what the job store
+keeps, what the batch key reads and what the engine runs: nothing after it derives a
+default or a size again. Violations raise :class:`InvalidRequest` naming the internal
+field; dialects translate the name to their own wire parameter.
+
+Framework-free: no settings class, no image library (a PNG's size is in its header).
 """
 
 from __future__ import annotations
 
-from pixelmill.core.types import GenerationRequest, LoraSpec, Mode, RefinerSpec
-from pixelmill.core.samplers import canonical_scheduler
+import re
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import ValidationError
+
 from pixelmill.core.errors import InvalidRequest
-from pixelmill.core.prompt_syntax import extract_lora_tags
-from pixelmill.registry.models_dir import check_name
-from pixelmill.settings import Settings
+from pixelmill.core.prompt_syntax import check_emphasis, extract_lora_tags
+from pixelmill.core.samplers import canonical_scheduler
+from pixelmill.core.types import GenerationRequest, LoraSpec, Mode, RefinerSpec, ResolvedRequest
 
 MAX_LORAS = 5
 MAX_CONTROLNETS = 3
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 CONTROL_SCALE_RANGE = (0.0, 2.0)
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+"""A model, LoRA or ControlNet name: a plain identifier, never a path."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_range(value: float, low: float, high: float, param: str) -> None:
-    if not low <= value <= high:
-        raise InvalidRequest(f"{param} must be between {low:g} and {high:g}, got {value:g}", param=param)
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (built by ``Settings.policy()``)."""
+
+    min_side: int
+    max_side: int
+    max_pixels: int
+    max_steps: int
+    max_n: int
+    max_guidance: float
+    max_prompt_chars: int
 
 
-def check_size(width: int, height: int, limits: Settings) -> None:
+@dataclass(frozen=True)
+class Defaults:
+    """Values of the fields a request leaves unset, and the server's default refiner."""
+
+    steps: int
+    guidance: float
+    strength: float
+    mask_blur: int
+    refiner: str | None
+    refiner_switch_at: float
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything :func:`resolve` needs from the settings: limits, defaults, model names.
+
+    ``default_model_names`` are the names that mean "the default model" (the OpenAI
+    aliases and the default's own names).
+    """
+
+    limits: Limits
+    defaults: Defaults
+    default_model_names: frozenset[str]
+
+
+class Catalog(Protocol):
+    """What the policy asks about models (``pixelmill.jobs.service.ModelCatalog`` answers)."""
+
+    @property
+    def default_model(self) -> str | None:
+        """The default model's name, or None when only a worker knows it."""
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raise ``NotFound``/``InvalidRequest`` for a name no worker can serve."""
+
+
+class HasPolicy(Protocol):
+    """Anything that can give a :class:`Policy` (``Settings``)."""
+
+    def policy(self) -> Policy:
+        """The policy view."""
+
+
+def check_name(name: str, *, param: str) -> str:
+    """Refuse anything that is not a plain identifier (before touching the filesystem)."""
+    if not NAME_PATTERN.fullmatch(name or "") or ".." in name:
+        raise InvalidRequest(f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-' only",
+                             param=param)
+    return name
+
+
+def check_size(width: int, height: int, limits: Limits) -> None:
     """Width and height within bounds, multiples of 8, and not too many pixels in all."""
     for param, side in (("width", width), ("height", height)):
         if not limits.min_side <= side <= limits.max_side or side % 8:
             raise InvalidRequest(
-                f"{param} must be a multiple of 8 between {limits.min_side} and "
-                f"{limits.max_side}, got {side}",
-                param=param,
-            )
+                f"{param} must be a multiple of 8 between {limits.min_side} and {limits.max_side}, "
+                f"got {side}", param=param)
     if width * height > limits.max_pixels:
         raise InvalidRequest(
             f"{width}x{height} is {width * height:,} pixels; the limit is {limits.max_pixels:,}",
-            param="width",
-        )
+            param="width")
 
 
-def _check_text(request: GenerationRequest, limits: Settings) -> None:
+def fit_size(width: int, height: int, limits: Limits) -> tuple[int, int]:
+    """The largest size with ``width:height``'s aspect that the limits allow (multiples of 8).
+
+    A request that takes its size from an uploaded image runs at this size: a 4000×3000
+    photo is generated at the largest allowed size of the same shape instead of refused.
+    """
+    scale = min(1.0, limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
+    fitted = []
+    for side in (width, height):
+        side = int(side * scale)
+        fitted.append(max(limits.min_side, side - side % 8))
+    return fitted[0], fitted[1]
+
+
+def png_size(data: bytes, *, param: str = "init_image") -> tuple[int, int]:
+    """Width and height from a PNG's IHDR header.
+
+    Request images are PNG bytes (each dialect re-encodes its uploads), so reading 24
+    bytes gives the size without decoding the image or importing an image library.
+    """
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise InvalidRequest(f"{param} is not a PNG image", param=param)
+    width, height = struct.unpack(">II", data[16:24])
+    if not width or not height:
+        raise InvalidRequest(f"{param} has no pixels", param=param)
+    return width, height
+
+
+def normalize_request(request: GenerationRequest) -> GenerationRequest:
+    """Move A1111 ``<lora:name:weight>`` tags out of the prompt into ``loras``.
+
+    Tags come after the explicit ``loras`` in order; the prompt keeps its other text.
+    Runs before the checks, so a tag counts against the same limits as the field.
+    """
+    prompt, tags = extract_lora_tags(request.prompt)
+    if not tags:
+        return request
+    loras = (*request.loras, *(LoraSpec(name=name, weight=weight) for name, weight in tags))
+    return request.model_copy(update={"prompt": prompt, "loras": loras})
+
+
+def resolve(request: GenerationRequest, policy: Policy, catalog: Catalog | None = None) -> ResolvedRequest:
+    """The request as it will be stored and run, or :class:`InvalidRequest` for the first
+    limit it breaks (``NotFound`` from ``catalog`` for a model nobody serves).
+
+    LoRA tags move out of the prompt; model aliases become the default model's name
+    (``catalog.default_model``; None without a catalog or while unknown); every unset
+    field gets its default; img2img/inpaint without a size take the input image's, fitted
+    to the limits; the scheduler name becomes canonical; the server's default refiner
+    applies to txt2img and img2img. ``catalog`` None skips the model-name check.
+    """
+    _check_encodable(request)  # first: before a tag parser, the store or a tokenizer sees the text
+    request = normalize_request(request)
+    _check_text(request, policy.limits)
+    _check_images(request)
+    width, height = _size(request, policy.limits)
+    defaults = policy.defaults
+    resolved = ResolvedRequest.model_validate({
+        **dict(request),
+        "model": _model(request.model, policy, catalog),
+        "width": width,
+        "height": height,
+        "steps": defaults.steps if request.steps is None else request.steps,
+        "guidance": defaults.guidance if request.guidance is None else request.guidance,
+        "strength": defaults.strength if request.strength is None else request.strength,
+        "mask_blur": defaults.mask_blur if request.mask_blur is None else request.mask_blur,
+        "scheduler": canonical_scheduler(request.scheduler) if request.scheduler else None,
+        "refiner": _refiner(request, defaults),
+    })
+    _check_values(resolved, policy.limits)
+    if catalog is not None:
+        catalog.check(resolved)
+    return resolved
+
+
+def as_resolved(request: GenerationRequest, policy: Policy) -> ResolvedRequest:
+    """``request`` as a :class:`ResolvedRequest`, resolving it only if it is not one yet.
+
+    A job's request comes back from the store (JSON) as a plain ``GenerationRequest``
+    whose fields are concrete: it is re-typed, never resolved again, so a worker whose
+    settings differ from the API host's runs exactly what was stored. A request built
+    in-process (CLI, benchmarks, tests) with unset fields is resolved by ``policy``.
+    """
+    if isinstance(request, ResolvedRequest):
+        return request
+    try:
+        resolved = ResolvedRequest.model_validate(dict(request))
+    except ValidationError:
+        return resolve(request, policy)
+    if resolved.refiner is not None and resolved.refiner.switch_at is None:
+        return resolve(request, policy)  # built in-process with the hand-off left unset
+    return resolved
+
+
+def prepare_request(request: GenerationRequest, settings: HasPolicy) -> ResolvedRequest:
+    """:func:`resolve` under ``settings.policy()`` without a catalog: for in-process callers."""
+    return resolve(request, settings.policy())
+
+
+def _model(name: str | None, policy: Policy, catalog: Catalog | None) -> str | None:
+    if name and name not in policy.default_model_names:
+        return name
+    # An alias, the default's own name or nothing: all the same model, so one name
+    # (requests for it batch together and the ledger sees one model).
+    return catalog.default_model if catalog is not None else None
+
+
+def _refiner(request: GenerationRequest, defaults: Defaults) -> RefinerSpec | None:
+    """The request's refiner with its hand-off filled in, else the server's default refiner."""
+    if request.refiner is None:
+        if defaults.refiner and request.mode is not Mode.inpaint:
+            return RefinerSpec(name=defaults.refiner, switch_at=defaults.refiner_switch_at)
+        return None
+    if request.refiner.switch_at is None:
+        return request.refiner.model_copy(update={"switch_at": defaults.refiner_switch_at})
+    return request.refiner
+
+
+def _size(request: GenerationRequest, limits: Limits) -> tuple[int | None, int | None]:
+    """The given size (checked); else the input image's, fitted; else None (txt2img: the
+    model's native size, which only a loaded model knows)."""
+    if request.width is not None or request.height is not None:
+        if request.width is None or request.height is None:
+            raise InvalidRequest("give both width and height, or neither", param="width")
+        check_size(request.width, request.height, limits)
+        return request.width, request.height
+    if request.init_image is None:
+        return None, None
+    width, height = fit_size(*png_size(request.init_image), limits)
+    check_size(width, height, limits)  # an extreme aspect can clamp a side past the pixel budget
+    return width, height
+
+
+def _number(value: float) -> str:
+    """``value`` for a message: integers in full (a seed is 4294967295, never 4.29497e+09),
+    other numbers short (0.75, 30)."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 2**53):
+        return str(int(value))
+    return f"{value:g}"
+
+
+def _check_range(value: float, low: float, high: float, param: str) -> None:
+    if not low <= value <= high:
+        raise InvalidRequest(f"{param} must be between {_number(low)} and {_number(high)}, got {_number(value)}",
+                             param=param)
+
+
+def _check_encodable(request: GenerationRequest) -> None:
+    """Refuse text UTF-8 cannot encode: a lone UTF-16 surrogate, which JSON can spell
+    (``"\\ud800"``) and Python's decoder keeps. Storage, the tokenizer and the error body
+    itself would fail on it later with a 500, so the message names the position, not the text."""
+    fields = {"prompt": request.prompt, "negative_prompt": request.negative_prompt,
+              "model": request.model, "scheduler": request.scheduler}
+    fields |= {f"loras[{i}].name": lora.name for i, lora in enumerate(request.loras)}
+    fields |= {f"controlnets[{i}].name": control.name for i, control in enumerate(request.controlnets)}
+    if request.refiner is not None:
+        fields["refiner.name"] = request.refiner.name
+    for param, text in fields.items():
+        try:
+            (text or "").encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(
+                f"{param} is not valid Unicode text: a lone UTF-16 surrogate "
+                f"U+{ord(text[exc.start]):04X} at character {exc.start}", param=param) from None
+
+
+def _check_text(request: GenerationRequest, limits: Limits) -> None:
     if request.mode is Mode.txt2img and not request.prompt.strip():
         raise InvalidRequest("prompt must not be empty", param="prompt")
     for param in ("prompt", "negative_prompt"):
         text = getattr(request, param)
         if len(text) > limits.max_prompt_chars:
-            raise InvalidRequest(
-                f"{param} is {len(text)} characters; the limit is {limits.max_prompt_chars}",
-                param=param,
-            )
+            raise InvalidRequest(f"{param} is {len(text)} characters; the limit is {limits.max_prompt_chars}",
+                                 param=param)
+        # After the length check (parsing grows with depth × length): emphasis the engine
+        # would refuse (2,000 nested "(", a weight of inf) is refused before anything is queued.
+        check_emphasis(text, param=param)
 
 
 def _check_images(request: GenerationRequest) -> None:
@@ -62,20 +299,25 @@ def _check_images(request: GenerationRequest) -> None:
         raise InvalidRequest("txt2img takes no input image; use img2img", param="init_image")
 
 
-def normalize_request(request: GenerationRequest) -> GenerationRequest:
-    """Move A1111 ``<lora:name:weight>`` tags out of the prompt into ``loras``.
+def _check_values(request: ResolvedRequest, limits: Limits) -> None:
+    _check_range(request.steps, 1, limits.max_steps, "steps")
+    _check_range(request.n, 1, limits.max_n, "n")
+    _check_range(request.guidance, 0, limits.max_guidance, "guidance")
+    _check_range(request.strength, 0, 1, "strength")
+    _check_range(request.mask_blur, 0, 64, "mask_blur")
+    if request.seed != -1:
+        _check_range(request.seed, 0, 2**32 - 1, "seed")
+    if request.clip_skip is not None:
+        _check_range(request.clip_skip, 1, 12, "clip_skip")
+    if request.output_quality is not None:
+        _check_range(request.output_quality, 1, 100, "output_quality")
+    _check_adapters(request)
+    _check_refiner(request)
+    if request.mode is not Mode.txt2img and request.strength == 0:
+        raise InvalidRequest("strength 0 would return the input unchanged", param="strength")
 
-    Tags come after the explicit ``loras`` in order; the prompt keeps its other text.
-    Runs before validation, so a tag counts against the same limits as the field.
-    """
-    prompt, tags = extract_lora_tags(request.prompt)
-    if not tags:
-        return request
-    loras = (*request.loras, *(LoraSpec(name=name, weight=weight) for name, weight in tags))
-    return request.model_copy(update={"prompt": prompt, "loras": loras})
 
-
-def _check_adapters(request: GenerationRequest) -> None:
+def _check_adapters(request: ResolvedRequest) -> None:
     if len(request.loras) > MAX_LORAS:
         raise InvalidRequest(f"at most {MAX_LORAS} LoRAs per request, got {len(request.loras)}", param="loras")
     seen: set[str] = set()
@@ -100,16 +342,16 @@ def _check_adapters(request: GenerationRequest) -> None:
         raise InvalidRequest("return_control_images needs at least one ControlNet", param="return_control_images")
 
 
-def _check_refiner(request: GenerationRequest) -> None:
+def _check_refiner(request: ResolvedRequest) -> None:
     if request.refiner is None:
         return
     check_name(request.refiner.name, param="refiner.name")
     if not 0 < request.refiner.switch_at < 1:
-        raise InvalidRequest(f"switch_at must be between 0 and 1 (exclusive), got {request.refiner.switch_at:g}",
-                             param="refiner.switch_at")
+        raise InvalidRequest(
+            f"switch_at must be between 0 and 1 (exclusive), got {_number(request.refiner.switch_at)}",
+            param="refiner.switch_at")
     if request.mode is Mode.inpaint:
-        raise InvalidRequest("a refiner pass is available for txt2img and img2img, not inpaint",
-                             param="refiner")
+        raise InvalidRequest("a refiner pass is available for txt2img and img2img, not inpaint", param="refiner")
     if request.mode is Mode.img2img:
         if request.controlnets:
             # diffusers' ControlNet img2img pipeline cannot stop early (no denoising_end).
@@ -120,55 +362,3 @@ def _check_refiner(request: GenerationRequest) -> None:
                 f"with strength {request.strength:g} the base model starts after the refiner's switch point "
                 f"{request.refiner.switch_at:g}; raise strength above {1 - request.refiner.switch_at:g} "
                 "or lower switch_at", param="refiner.switch_at")
-
-
-def validate_request(request: GenerationRequest, limits: Settings) -> None:
-    """Raise :class:`InvalidRequest` for the first limit ``request`` breaks."""
-    _check_text(request, limits)
-    if request.width is not None or request.height is not None:
-        if request.width is None or request.height is None:
-            raise InvalidRequest("give both width and height, or neither", param="width")
-        check_size(request.width, request.height, limits)
-    _check_range(request.steps, 1, limits.max_steps, "steps")
-    _check_range(request.n, 1, limits.max_n, "n")
-    _check_range(request.guidance, 0, limits.max_guidance, "guidance")
-    _check_range(request.strength, 0, 1, "strength")
-    _check_range(request.mask_blur, 0, 64, "mask_blur")
-    if request.seed != -1:
-        _check_range(request.seed, 0, 2**32 - 1, "seed")
-    if request.clip_skip is not None:
-        _check_range(request.clip_skip, 1, 12, "clip_skip")
-    if request.output_quality is not None:
-        _check_range(request.output_quality, 1, 100, "output_quality")
-    _check_images(request)
-    _check_adapters(request)
-    _check_refiner(request)
-    if request.scheduler:
-        canonical_scheduler(request.scheduler)
-    if request.mode is not Mode.txt2img and request.strength == 0:
-        raise InvalidRequest("strength 0 would return the input unchanged", param="strength")
-
-
-def prepare_request(request: GenerationRequest, settings: Settings) -> GenerationRequest:
-    """The request as it will be queued: LoRA tags moved out, server default refiner
-    applied (txt2img/img2img), every limit checked. Raises :class:`InvalidRequest`."""
-    request = normalize_request(request)
-    if request.refiner is None and settings.refiner and request.mode is not Mode.inpaint:
-        request = request.model_copy(
-            update={"refiner": RefinerSpec(name=settings.refiner, switch_at=settings.refiner_switch_at)})
-    validate_request(request, settings)
-    return request
-
-
-def fit_size(width: int, height: int, limits: Settings) -> tuple[int, int]:
-    """The largest size with ``width:height``'s aspect that the limits allow (multiples of 8).
-
-    Used when a request takes its size from an uploaded image: a 4000×3000 photo is
-    generated at the largest allowed size of the same shape instead of being refused.
-    """
-    scale = min(1.0, limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
-    fitted = []
-    for side in (width, height):
-        side = int(side * scale)
-        fitted.append(max(limits.min_side, side - side % 8))
-    return fitted[0], fitted[1]

@@ -12,7 +12,7 @@ import enum
 import secrets
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RANDOM_SEED = -1
 """Seed value meaning "pick one at random" (A1111 convention); the used seed is returned."""
@@ -97,13 +97,15 @@ class RefinerSpec(BaseModel):
     """A refiner pass: registry name of the refiner checkpoint and the hand-off point.
 
     The base model denoises the first ``switch_at`` fraction of the steps and the refiner
-    the rest (ensemble of experts: ``denoising_end`` / ``denoising_start``).
+    the rest (ensemble of experts: ``denoising_end`` / ``denoising_start``). None is unset:
+    the request policy fills it from the server's ``refiner_switch_at`` (the one default),
+    so a resolved request always carries the hand-off it runs with.
     """
 
     model_config = ConfigDict(frozen=True)
 
     name: str
-    switch_at: float = 0.8
+    switch_at: float | None = Field(None, description="None: the server's refiner_switch_at.")
 
 
 class GenerationRequest(BaseModel):
@@ -111,6 +113,9 @@ class GenerationRequest(BaseModel):
 
     Serialisable to JSON (images as base64) so that a durable job store can keep it.
     ``param`` names in :class:`~pixelmill.core.errors.InvalidRequest` refer to these fields.
+    A field that is None is unset: the request policy (:func:`pixelmill.core.policy.resolve`)
+    fills it from the server's settings and returns a :class:`ResolvedRequest`, which is
+    what is stored and run. Dialects only translate; they never fill a server default.
     """
 
     model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
@@ -119,24 +124,48 @@ class GenerationRequest(BaseModel):
     prompt: str
     negative_prompt: str = ""
     model: str | None = Field(None, description="Model name; None means the server's default.")
-    width: int | None = Field(None, description="None means the model's native size.")
+    width: int | None = Field(None, description="None: the input image's size (fitted), else the model's.")
     height: int | None = None
-    steps: int = 30
-    guidance: float = 5.0
+    steps: int | None = Field(None, description="None: the server's default_steps.")
+    guidance: float | None = Field(None, description="None: the server's default_guidance.")
     seed: int = RANDOM_SEED
     n: int = 1
     scheduler: str | None = Field(None, description="Canonical or A1111 name; None = model default.")
-    strength: float = 0.75
+    strength: float | None = Field(None, description="img2img/inpaint; None: the server's default_strength.")
     clip_skip: int | None = None
     init_image: bytes | None = Field(None, description="PNG bytes for img2img/inpaint.")
     mask_image: bytes | None = Field(None, description="PNG bytes, mode L, white = repaint.")
-    mask_blur: int = 4
+    mask_blur: int | None = Field(None, description="Inpaint mask feathering; None: the server's default.")
     output_format: OutputFormat = OutputFormat.png
     output_quality: int | None = Field(None, description="JPEG/WebP quality 1-100.")
     loras: tuple[LoraSpec, ...] = ()
     controlnets: tuple[ControlSpec, ...] = ()
     return_control_images: bool = Field(False, description="Also return each preprocessed control image.")
     refiner: RefinerSpec | None = None
+
+
+class ResolvedRequest(GenerationRequest):
+    """A request after the policy: every server default filled, every limit checked.
+
+    ``steps``, ``guidance``, ``strength`` and ``mask_blur`` are concrete; ``model`` is the
+    default model's name where the API host knows it. Two fields may stay None on purpose,
+    because only a loaded model knows their value: ``width``/``height`` for txt2img (the
+    model's native size) and ``scheduler`` (the model's own scheduler). An img2img or
+    inpaint request always has its size (from the input image when the caller gave none).
+    """
+
+    steps: int
+    guidance: float
+    strength: float
+    mask_blur: int
+
+    @model_validator(mode="after")
+    def _sized_unless_txt2img(self) -> "ResolvedRequest":
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height are both set or both None")
+        if self.width is None and self.mode is not Mode.txt2img:
+            raise ValueError(f"a resolved {self.mode.value} request needs a size")
+        return self
 
 
 class Progress(BaseModel):

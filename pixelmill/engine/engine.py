@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pixelmill import __version__
+from pixelmill.core.policy import as_resolved
 from pixelmill.core.types import GeneratedImage, GenerationRequest, JobResult, Mode, OutputFormat
 from pixelmill.engine.generation import prompt_length_groups, run_batch
 from pixelmill.images.codecs import a1111_parameters, encode_image
@@ -221,7 +222,11 @@ class Engine:
         """Generate compatible requests (equal batch keys) in one pipeline call.
 
         Each result's ``gpu_seconds`` is its share of the call's wall time, by images.
+        Requests run as resolved (:func:`~pixelmill.core.policy.as_resolved`): a stored
+        job's as it is, an in-process caller's after the same policy the API applies.
         """
+        policy = self.settings.policy()
+        requests = [as_resolved(request, policy) for request in requests]
         head = requests[0]
         self._refresh_for(head)
         model = self._models.get(self.model_for(head.model))

@@ -37,17 +37,16 @@ class PipelineOutput:
     control_images: list[Image.Image] = field(default_factory=list)
 
 
-def _round8(value: int) -> int:
-    return max(8, value - value % 8)
-
-
 def target_size(request: GenerationRequest, native: tuple[int, int]) -> tuple[int, int]:
-    """Requested size, else the input image's size (img2img/inpaint), else the model's."""
+    """The resolved request's size; None (txt2img only) means the model's native size.
+
+    The request policy settled every other size (an input image's, fitted to the
+    limits); the engine never derives one, so what runs is what was checked and stored.
+    """
     if request.width is not None and request.height is not None:
         return request.width, request.height
-    if request.init_image is not None:
-        image = open_png(request.init_image)
-        return _round8(image.width), _round8(image.height)
+    if request.mode is not Mode.txt2img:
+        raise GenerationFailed(f"this {request.mode.value} request has no size: resolve it first")
     return native
 
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from pixelmill.core.batching import Arrivals, batch_key
+from pixelmill.core.policy import resolve
 from pixelmill.core.types import ControlSpec, GenerationRequest, LoraSpec, Mode
 from pixelmill.images.codecs import reencode_png
+from pixelmill.settings import Settings
 from tests.support.images import gradient
+
+POLICY = Settings().policy()
 
 
 def request(**fields) -> GenerationRequest:
-    return GenerationRequest(**({"prompt": "a", "width": 64, "height": 64, "steps": 2, "seed": 1} | fields))
+    """A resolved request, as the job store keeps it (the key reads resolved fields)."""
+    base = {"prompt": "a", "width": 64, "height": 64, "steps": 2, "seed": 1}
+    return resolve(GenerationRequest(**(base | fields)), POLICY)
 
 
 def test_prompts_seeds_n_and_formats_do_not_split_a_batch():
@@ -42,6 +49,19 @@ def test_img2img_size_from_the_image_counts():
     large = request(mode=Mode.img2img, init_image=reencode_png(gradient(128, 64)), width=None, height=None)
     assert batch_key(small) != batch_key(large)
     assert batch_key(small)[2] == (64, 64)
+
+
+def test_the_key_reads_the_resolved_size_and_never_opens_the_image():
+    upload = reencode_png(Image.new("RGB", (3000, 3000)))
+    resolved = request(mode=Mode.img2img, init_image=upload, width=None, height=None)
+    assert batch_key(resolved)[2] == (2048, 2048)  # fitted by the policy, not the image's own size
+    assert batch_key(resolved.model_copy(update={"init_image": b"not even an image"})) == batch_key(resolved)
+
+
+def test_an_unsized_img2img_request_runs_alone():
+    """Queued before sizes were resolved: its size is unknown here, so it batches with nobody."""
+    unsized = GenerationRequest(prompt="a", mode=Mode.img2img, init_image=reencode_png(gradient(64, 64)))
+    assert batch_key(unsized) != batch_key(unsized)
 
 
 def test_controlnet_requests_run_alone():

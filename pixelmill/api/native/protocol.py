@@ -1,4 +1,9 @@
-"""Wire models of the native dialect and their translation to :class:`GenerationRequest`."""
+"""Wire models of the native dialect and their translation to :class:`GenerationRequest`.
+
+They translate only: a field the body leaves out stays unset (None) and the request
+policy (:mod:`pixelmill.core.policy`) fills it from the server's settings; a value the
+body gives (``steps: 0`` included) reaches the policy as given.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixelmill.api.adapters_wire import AdapterFields
-from pixelmill.core.types import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
+from pixelmill.api.adapters_wire import AdapterFields, WireFloat, WireInt, documented
+from pixelmill.core.types import RANDOM_SEED, SEED_SPACE, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
 from pixelmill.images.codecs import decode_upload, reencode_png
 from pixelmill.images.masks import prepare_inpaint
 from pixelmill.core.errors import InvalidRequest
@@ -35,29 +40,37 @@ class GenerationCreate(AdapterFields):
     model_config = ConfigDict(extra="forbid")
 
     mode: Mode = Mode.txt2img
-    prompt: str
-    negative_prompt: str = ""
+    prompt: str = Field(description="Must not be empty for txt2img.",
+                        json_schema_extra=documented(max_length="max_prompt_chars"))
+    negative_prompt: str = Field("", json_schema_extra=documented(max_length="max_prompt_chars"))
     model: str | None = None
-    width: int | None = Field(None, description="Default: the model's native size (or the image's).")
-    height: int | None = None
-    steps: int | None = Field(None, description="Default: the server's default_steps.")
-    guidance: float | None = Field(None, description="Default: the server's default_guidance.")
-    seed: int = Field(RANDOM_SEED, description="-1 = random; image i uses seed + i.")
-    n: int = 1
+    width: WireInt | None = Field(None, description="A multiple of 8. Default: the input image's size fitted to "
+                                  "the limits (img2img, inpaint), else the model's native size.",
+                                  json_schema_extra=documented("min_side", "max_side"))
+    height: WireInt | None = Field(None, description="A multiple of 8; give both width and height, or neither.",
+                                   json_schema_extra=documented("min_side", "max_side"))
+    steps: WireInt | None = Field(None, description="Default: the server's default_steps.",
+                                  json_schema_extra=documented(1, "max_steps"))
+    guidance: WireFloat | None = Field(None, description="Default: the server's default_guidance.",
+                                       json_schema_extra=documented(0, "max_guidance"))
+    seed: WireInt = Field(RANDOM_SEED, description="-1 = random; image i uses seed + i.",
+                          json_schema_extra=documented(RANDOM_SEED, SEED_SPACE - 1))
+    n: WireInt = Field(1, json_schema_extra=documented(1, "max_n"))
     scheduler: str | None = None
-    strength: float = Field(0.75, description="img2img/inpaint: how much of the image is re-noised.")
-    clip_skip: int | None = None
+    strength: WireFloat | None = Field(None, description="img2img/inpaint: how much of the image is re-noised. "
+                                       "Default: the server's default_strength.", json_schema_extra=documented(0, 1))
+    clip_skip: WireInt | None = Field(None, json_schema_extra=documented(1, 12))
     image: str | None = Field(None, description="Input image (img2img, inpaint), base64 or data URL.")
     mask: str | None = Field(None, description="Inpaint mask, white = repaint, base64 or data URL.")
-    mask_blur: int = 4
+    mask_blur: WireInt | None = Field(None, description="Default: the server's default_mask_blur.",
+                                      json_schema_extra=documented(0, 64))
     output_format: OutputFormat = OutputFormat.png
-    output_quality: int | None = None
+    output_quality: WireInt | None = Field(None, json_schema_extra=documented(1, 100))
 
     def to_request(self, settings: Settings) -> GenerationRequest:
-        fields = self.model_dump(exclude={"image", "mask", "steps", "guidance", *AdapterFields.model_fields})
+        """The request this body asks for (``settings``: limits on decoded images)."""
+        fields = self.model_dump(exclude={"image", "mask", *AdapterFields.model_fields})
         fields |= self.adapter_fields(settings)
-        fields["steps"] = self.steps or settings.default_steps
-        fields["guidance"] = settings.default_guidance if self.guidance is None else self.guidance
         if self.image is not None:
             image = decode_base64_image(self.image, param="image", settings=settings)
             fields["init_image"] = reencode_png(image.convert("RGB"))
@@ -122,7 +135,7 @@ class JobCreate(GenerationCreate):
 
     webhook: str | None = Field(None, description="URL that receives signed job events.")
     webhook_events: list[WebhookEvent] = Field(["completed"], description="Events to send.")
-    priority: int = Field(0, ge=-10, le=10, description="Higher runs first; ties run oldest first.")
+    priority: WireInt = Field(0, ge=-10, le=10, description="Higher runs first; ties run oldest first.")
 
     def webhook_spec(self) -> WebhookSpec | None:
         if self.webhook is None:
@@ -138,8 +151,8 @@ class SeedRange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: int = Field(0, ge=0)
-    count: int = Field(1, ge=1, le=1000)
+    start: WireInt = Field(0, ge=0)
+    count: WireInt = Field(1, ge=1, le=1000)
 
 
 class BatchCreate(BaseModel):
@@ -153,7 +166,7 @@ class BatchCreate(BaseModel):
     seeds: SeedRange | None = None
     webhook: str | None = None
     webhook_events: list[WebhookEvent] = ["completed"]
-    priority: int = Field(0, ge=-10, le=10)
+    priority: WireInt = Field(0, ge=-10, le=10)
 
     def expand(self) -> list[GenerationCreate]:
         """Every generation of the batch, in order (prompt-major, then seed)."""

@@ -4,6 +4,10 @@ Fields OpenAI defines are accepted with OpenAI's meaning (``style``, ``user``,
 ``moderation`` are accepted and ignored). pixelmill's extension fields ride in the same
 body (``negative_prompt``, ``seed``, ``steps``, ``guidance``, ``scheduler``, …); the
 ``openai`` SDK sends them with ``extra_body``.
+
+The models only translate: a field the body leaves out stays unset (None) and the
+request policy (:mod:`pixelmill.core.policy`) fills it from the server's settings, so a
+value the body does give, ``steps: 0`` included, reaches the policy as given.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixelmill.api.adapters_wire import AdapterFields
-from pixelmill.core.types import RANDOM_SEED, GenerationRequest, JobRecord, Mode, OutputFormat
+from pixelmill.api.adapters_wire import AdapterFields, FormNumbers, WireFloat, WireInt, documented
+from pixelmill.core.types import RANDOM_SEED, SEED_SPACE, GenerationRequest, JobRecord, Mode, OutputFormat
 from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
 
@@ -32,7 +36,10 @@ PARAM_NAMES = {
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 Quality = Literal["auto", "standard", "hd", "low", "medium", "high"]
 QUALITY_STEPS = {"low": 15, "medium": 25, "high": 40, "hd": 40}
-"""Steps per OpenAI quality; ``auto`` and ``standard`` use the server's ``default_steps``."""
+"""Steps per OpenAI quality when ``steps`` is not given; ``auto`` and ``standard`` leave
+steps unset (the server's ``default_steps``)."""
+EDIT_STRENGTH = 1.0
+"""Strength of an edit that does not say: OpenAI's edits repaint the masked area anew."""
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
@@ -51,30 +58,34 @@ class _Common(AdapterFields):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    n: int = Field(1, description="Number of images, 1-10.")
+    n: WireInt = Field(1, description="Number of images (at most the server's max_n, 10 by default).",
+                       json_schema_extra=documented(1, "max_n"))
     size: str | None = Field("auto", description="'auto' or WIDTHxHEIGHT, multiples of 8.")
     response_format: Literal["b64_json", "url"] | None = None
     output_format: OutputFormat = OutputFormat.png
-    output_compression: int | None = Field(None, ge=0, le=100, description="JPEG/WebP quality.")
+    output_compression: WireInt | None = Field(None, ge=0, le=100, description="JPEG/WebP quality.")
     user: str | None = None
     # pixelmill extensions
-    negative_prompt: str = ""
-    seed: int = Field(RANDOM_SEED, description="-1 = random; image i uses seed + i.")
-    steps: int | None = Field(None, description="Denoising steps; overrides quality.")
-    guidance: float | None = Field(None, description="CFG scale.")
+    negative_prompt: str = Field("", json_schema_extra=documented(max_length="max_prompt_chars"))
+    seed: WireInt = Field(RANDOM_SEED, description="-1 = random; image i uses seed + i.",
+                          json_schema_extra=documented(RANDOM_SEED, SEED_SPACE - 1))
+    steps: WireInt | None = Field(None, description="Denoising steps; overrides quality.",
+                                  json_schema_extra=documented(1, "max_steps"))
+    guidance: WireFloat | None = Field(None, description="CFG scale.", json_schema_extra=documented(0, "max_guidance"))
     scheduler: str | None = Field(None, description="e.g. euler_a, dpmpp_2m_karras, 'DPM++ 2M Karras'.")
-    clip_skip: int | None = None
+    clip_skip: WireInt | None = Field(None, json_schema_extra=documented(1, 12))
 
     def _base_fields(self, settings: Settings, quality: Quality | None = None) -> dict:
+        """The request fields every endpoint shares (``settings``: upload limits only)."""
         width, height = parse_size(self.size)
-        steps = self.steps or QUALITY_STEPS.get(quality or "auto", settings.default_steps)
+        steps = QUALITY_STEPS.get(quality or "auto") if self.steps is None else self.steps
         return {
             "model": self.model,
             "n": self.n,
             "width": width,
             "height": height,
             "steps": steps,
-            "guidance": settings.default_guidance if self.guidance is None else self.guidance,
+            "guidance": self.guidance,
             "negative_prompt": self.negative_prompt,
             "seed": self.seed,
             "scheduler": self.scheduler,
@@ -88,7 +99,7 @@ class _Common(AdapterFields):
 class ImageGenerationCreate(_Common):
     """Body of ``POST /v1/images/generations``."""
 
-    prompt: str
+    prompt: str = Field(json_schema_extra=documented(min_length=1, max_length="max_prompt_chars"))
     quality: Quality | None = "auto"
     style: str | None = Field(None, description="Accepted for compatibility; ignored.")
     background: Literal["auto", "opaque"] | None = None
@@ -96,39 +107,49 @@ class ImageGenerationCreate(_Common):
     stream: Literal[False] | None = Field(None, description="Streaming is not supported.")
 
     def to_request(self, settings: Settings) -> GenerationRequest:
+        """The txt2img request (``settings``: limits on decoded control images)."""
         return GenerationRequest(prompt=self.prompt, **self._base_fields(settings, self.quality))
 
 
-class ImageEditForm(_Common):
+class ImageEditForm(FormNumbers, _Common):
     """Form fields of ``POST /v1/images/edits`` (the files ``image`` and ``mask`` come separately)."""
 
-    prompt: str
+    prompt: str = Field(json_schema_extra=documented(max_length="max_prompt_chars"))
     quality: Quality | None = "auto"
     mask_mode: Literal["alpha", "luminance"] = Field(
         "alpha", description="alpha: transparent mask pixels are edited (OpenAI). luminance: white is edited."
     )
-    mask_blur: int = Field(4, description="Feathering of the mask edge, in pixels.")
-    strength: float = Field(1.0, description="How much of the masked area is re-noised (0-1).")
+    mask_blur: WireInt | None = Field(None, description="Feathering of the mask edge, in pixels "
+                                      "(default: the server's default_mask_blur).",
+                                      json_schema_extra=documented(0, 64))
+    strength: WireFloat | None = Field(None, description="Share of the masked area re-noised (0-1; default 1).",
+                                       json_schema_extra=documented(0, 1))
 
-    def to_request(self, settings: Settings, image_png: bytes, mask_png: bytes, size: tuple[int, int]) -> GenerationRequest:
-        fields = self._base_fields(settings, self.quality) | {"width": size[0], "height": size[1]}
+    def to_request(self, settings: Settings, image_png: bytes, mask_png: bytes) -> GenerationRequest:
+        """The inpaint request; without ``size`` the policy takes the image's (fitted)."""
+        strength = EDIT_STRENGTH if self.strength is None else self.strength
         return GenerationRequest(
             mode=Mode.inpaint, prompt=self.prompt, init_image=image_png, mask_image=mask_png,
-            mask_blur=self.mask_blur, strength=self.strength, **fields,
+            mask_blur=self.mask_blur, strength=strength, **self._base_fields(settings, self.quality),
         )
 
 
-class ImageVariationForm(_Common):
+class ImageVariationForm(FormNumbers, _Common):
     """Form fields of ``POST /v1/images/variations`` (the file ``image`` comes separately)."""
 
-    prompt: str = Field("", description="Optional prompt to steer the variation (extension).")
-    strength: float | None = Field(None, description="img2img strength; default from the server.")
+    prompt: str = Field("", description="Optional prompt to steer the variation (extension).",
+                        json_schema_extra=documented(max_length="max_prompt_chars"))
+    strength: WireFloat | None = Field(None, description="img2img strength; default from the server.",
+                                       json_schema_extra=documented(0, 1))
 
-    def to_request(self, settings: Settings, image_png: bytes, size: tuple[int, int]) -> GenerationRequest:
-        fields = self._base_fields(settings) | {"width": size[0], "height": size[1]}
+    def to_request(self, settings: Settings, image_png: bytes) -> GenerationRequest:
+        """The img2img request; without ``size`` the policy takes the image's (fitted)."""
+        # Variations have a strength of their own in the settings (a variation keeps less of
+        # its input than a plain img2img), so the endpoint, not the policy, picks it.
         strength = settings.variation_strength if self.strength is None else self.strength
         return GenerationRequest(
-            mode=Mode.img2img, prompt=self.prompt, init_image=image_png, strength=strength, **fields
+            mode=Mode.img2img, prompt=self.prompt, init_image=image_png, strength=strength,
+            **self._base_fields(settings),
         )
 
 

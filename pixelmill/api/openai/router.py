@@ -21,19 +21,16 @@ from pixelmill.api.openai.protocol import (
     ImageGenerationCreate,
     ImagesResponse,
     ImageVariationForm,
-    parse_size,
     render_response,
 )
-from pixelmill.api.uploads import form_fields, read_image
+from pixelmill.api.offload import run_cpu
+from pixelmill.api.uploads import form_fields, inpaint_pngs, read_image, variation_png
 from pixelmill.auth.keys import Principal
 from pixelmill.core.types import GenerationRequest
-from pixelmill.images.codecs import reencode_png
-from pixelmill.images.masks import flatten, prepare_inpaint
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable
 from pixelmill.jobs.views import file_url
 from pixelmill.registry.models_dir import ModelKind
 from pixelmill.services import Services
-from pixelmill.core.policy import fit_size
 
 router = APIRouter(prefix="/v1", tags=["OpenAI Images"], dependencies=[Depends(current_principal)])
 
@@ -78,20 +75,13 @@ async def _read_form(http: Request, model: type, services: Services):
     return form, body, await read_image(form, "image", services.settings)
 
 
-def _size_for(form, image_size: tuple[int, int], services: Services) -> tuple[int, int]:
-    width, height = parse_size(form.size)
-    if width is None or height is None:
-        return fit_size(*image_size, services.settings)
-    return width, height
-
-
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
 async def create_image(
     body: ImageGenerationCreate, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
 ) -> ImagesResponse:
     """Generate images from a prompt (OpenAI ``images.generate``)."""
     with wire_params(PARAM_NAMES):
-        request = body.to_request(services.settings)
+        request = await run_cpu(body.to_request, services.settings)  # control images: decoded off the loop
     return await _respond(services, request, body.response_format, base_url, who)
 
 
@@ -105,11 +95,10 @@ async def edit_image(
     """Repaint the masked area of an image (OpenAI ``images.edit``: alpha 0 = edit)."""
     form, body, upload = await _read_form(http, ImageEditForm, services)
     mask_upload = await read_image(form, "mask", services.settings, required=False)
-    image, mask = prepare_inpaint(upload, mask_upload, mask_mode=body.mask_mode)
+    image_png, mask_png = await inpaint_pngs(upload, mask_upload, body.mask_mode)
     with wire_params(PARAM_NAMES):
-        request = body.to_request(
-            services.settings, reencode_png(image), reencode_png(mask), _size_for(body, image.size, services)
-        )
+        # Without ``size`` the request policy sizes the job from the image (fitted to the limits).
+        request = body.to_request(services.settings, image_png, mask_png)
     return await _respond(services, request, body.response_format, base_url, who)
 
 
@@ -123,9 +112,7 @@ async def create_variation(
     """Variations of an image (OpenAI ``images.create_variation``), made with img2img."""
     _, body, image = await _read_form(http, ImageVariationForm, services)
     with wire_params(PARAM_NAMES):
-        request = body.to_request(
-            services.settings, reencode_png(flatten(image)), _size_for(body, image.size, services)
-        )
+        request = body.to_request(services.settings, await variation_png(image))
     return await _respond(services, request, body.response_format, base_url, who)
 
 
