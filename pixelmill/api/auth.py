@@ -9,6 +9,11 @@ The rule (see README, Security):
 
 Open routes: ``/health``, ``/v1/files/{id}`` (capability URLs: ids are unguessable) and the
 API docs (``/docs``, ``/redoc``, ``/openapi.json``: the same facts as the source code).
+
+A request with a body is authenticated by the API middleware before the body is read
+(an unauthenticated client cannot make the server hold its upload); the route's
+dependency then reuses that result. In open mode, admin routes also refuse requests that
+a browser page of another site sent: without keys, nothing else shows a person chose them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from pixelmill.api.origin import cross_site_reason
 from pixelmill.auth.bind import is_loopback
 from pixelmill.auth.keys import Principal, parse_rate
 from pixelmill.auth.ratelimit import RateLimiter, retry_after_s
@@ -36,6 +42,7 @@ class Authenticator:
         self.keys = keys
         self.limiter = limiter or RateLimiter()
         self.open_allowed = is_loopback(settings.host) or settings.insecure_no_auth
+        self.public_url = settings.public_url
 
     def authenticate(self, token: str | None) -> Principal:
         """The caller for ``token`` (None: no header); :class:`Unauthorized` if refused. Blocking."""
@@ -72,6 +79,9 @@ async def current_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> Principal:
     """Dependency of every protected route: the caller, or 401."""
+    known = request.scope.get("state", {}).get("principal")
+    if known is not None:
+        return known  # authenticated by the middleware before the body was read
     token = credentials.credentials if credentials else None
     return await asyncio.to_thread(get_authenticator(request).authenticate, token)
 
@@ -85,10 +95,15 @@ async def submitter(request: Request, principal: PrincipalDep) -> Principal:
     return principal
 
 
-async def require_admin(principal: PrincipalDep) -> Principal:
-    """Dependency of admin routes: an admin key (or open mode), else 403."""
+async def require_admin(request: Request, principal: PrincipalDep) -> Principal:
+    """Dependency of admin routes: an admin key (or open mode, but not from another site's page), else 403."""
     if not principal.is_admin:
         raise Forbidden("this route needs an API key with the admin scope")
+    if principal.key is None:
+        # Open mode: --cors-origins does not count here; admin routes are for programs and this server's own pages.
+        reason = cross_site_reason(request.headers, public_url=get_authenticator(request).public_url)
+        if reason:
+            raise Forbidden(f"admin routes of a server without API keys refuse requests from other sites' pages: {reason}")
     return principal
 
 

@@ -1,11 +1,17 @@
-"""Reading uploaded images from multipart forms, with the server's limits."""
+"""Reading uploaded images from multipart forms, with the server's limits.
+
+Decoding runs in the API's CPU pool (:mod:`pixelmill.api.offload`), never on the event
+loop, and is charged to the request's pixel budget (:mod:`pixelmill.images.budget`).
+"""
 
 from __future__ import annotations
 
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 
-from pixelmill.images.codecs import decode_upload
+from pixelmill.api.offload import run_cpu
+from pixelmill.images.codecs import decode_upload, reencode_png
+from pixelmill.images.masks import flatten, prepare_inpaint
 from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
 
@@ -25,4 +31,19 @@ async def read_image(form: FormData, name: str, settings: Settings, *, required:
     if not isinstance(upload, UploadFile):
         raise InvalidRequest(f"{name} must be an uploaded file, not a text field", param=name)
     data = await upload.read()
-    return decode_upload(data, param=name, max_pixels=settings.max_upload_pixels)
+    return await run_cpu(decode_upload, data, param=name, max_pixels=settings.max_upload_pixels)
+
+
+async def inpaint_pngs(image: Image.Image, mask: Image.Image | None, mask_mode: str) -> tuple[bytes, bytes]:
+    """The inpaint image and its binary mask as clean PNGs (prepared and encoded in the CPU pool)."""
+
+    def prepare() -> tuple[bytes, bytes]:
+        prepared, binary = prepare_inpaint(image, mask, mask_mode=mask_mode)
+        return reencode_png(prepared), reencode_png(binary)
+
+    return await run_cpu(prepare)
+
+
+async def variation_png(image: Image.Image) -> bytes:
+    """A variation's input flattened to RGB, as a clean PNG (encoded in the CPU pool)."""
+    return await run_cpu(lambda: reencode_png(flatten(image)))

@@ -19,6 +19,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from pixelmill.core.types import OutputFormat
 from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
+from pixelmill.images.budget import charge_pixels
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 """Pillow format names accepted for uploads."""
@@ -67,6 +68,7 @@ def decode_upload(
             f"{param} is {len(data)} bytes; the limit is {max_bytes} bytes.", param=param
         )
     img = _open_checked(data, param=param, max_pixels=max_pixels)
+    charge_pixels(img.width * img.height, param=param)  # the request's budget, before decoding
     try:
         img.load()
         img = ImageOps.exif_transpose(img)

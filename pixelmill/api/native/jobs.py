@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -13,8 +12,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pixelmill.api.auth import PrincipalDep, SubmitterDep, current_principal
 from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import wire_params
+from pixelmill.api.intake import build_requests, check_batch_size
 from pixelmill.api.native.events import job_event_stream
 from pixelmill.api.native.protocol import PARAM_NAMES, BatchCreate, BatchPublic, JobCreate
+from pixelmill.api.offload import run_cpu
+from pixelmill.api.params import BatchId, JobId, PageCursor, Since
 from pixelmill.auth.keys import Principal
 from pixelmill.core.types import JobRecord, JobStatus
 from pixelmill.core.errors import InvalidRequest, NotFound
@@ -28,8 +30,11 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 async def _public(services: Services, job: JobRecord, base_url: str) -> JobPublic:
-    position = await services.jobs.queue_position(job.id) if job.status is JobStatus.queued else None
-    return job_public(job, base_url=base_url, queue_position=position)
+    if job.status is not JobStatus.queued:
+        return job_public(job, base_url=base_url)
+    position = await services.jobs.queue_position(job.id)
+    reason = await services.availability.waiting_reason(job)
+    return job_public(job, base_url=base_url, queue_position=position, waiting_reason=reason)
 
 
 async def _owned_job(services: Services, who: Principal, job_id: str) -> JobRecord:
@@ -68,7 +73,7 @@ async def create_job(
         raise InvalidRequest("Idempotency-Key must be 1-200 printable ASCII characters", param="Idempotency-Key")
     _check_webhook(services, body.webhook)
     with wire_params(PARAM_NAMES):
-        request = body.generation().to_request(services.settings)
+        request = await run_cpu(body.generation().to_request, services.settings)  # decoding: off the loop
         job, created = await services.jobs.submit(
             request, idempotency_key=idempotency_key, webhook=body.webhook_spec(), priority=body.priority,
             **who.submit_args(),
@@ -79,7 +84,7 @@ async def create_job(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic)
-async def get_job(job_id: str, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep) -> JobPublic:
+async def get_job(job_id: JobId, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep) -> JobPublic:
     """Status, queue position while queued, progress, timings, result URLs, error."""
     return await _public(services, await _owned_job(services, who, job_id), base_url)
 
@@ -90,9 +95,9 @@ async def list_jobs(
     base_url: BaseUrlDep,
     who: PrincipalDep,
     status: JobStatus | None = None,
-    since: datetime | None = None,
+    since: Since = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: PageCursor = None,
 ) -> dict:
     """Your jobs (an admin key: every job), newest first; pass ``next_cursor`` back as ``cursor``."""
     jobs, next_cursor = await asyncio.to_thread(
@@ -105,7 +110,7 @@ async def list_jobs(
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
 async def cancel_job(
-    job_id: str, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
+    job_id: JobId, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
 ) -> JobPublic:
     """Cancel: a queued job at once, a running one at its next denoising step."""
     await _owned_job(services, who, job_id)
@@ -114,7 +119,7 @@ async def cancel_job(
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(
-    job_id: str, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
+    job_id: JobId, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
 ) -> StreamingResponse:
     """Server-Sent Events: queued, started, progress, then succeeded, failed or canceled."""
     await _owned_job(services, who, job_id)  # 404 before the stream starts
@@ -128,8 +133,9 @@ async def job_events(
 async def create_batch(body: BatchCreate, services: ServicesDep, who: SubmitterDep) -> BatchPublic:
     """Queue many jobs at once: a list of requests, or one request × prompts × a seed range."""
     _check_webhook(services, body.webhook)
+    check_batch_size(body, services.settings)  # arithmetic, before anything is expanded or decoded
     with wire_params(PARAM_NAMES):
-        requests = [item.to_request(services.settings) for item in body.expand()]
+        requests = await run_cpu(build_requests, body, services.settings)
         batch_id, jobs = await services.jobs.submit_batch(
             requests, webhook=body.webhook_spec(), priority=body.priority, **who.submit_args()
         )
@@ -138,7 +144,7 @@ async def create_batch(body: BatchCreate, services: ServicesDep, who: SubmitterD
 
 
 @router.get("/batches/{batch_id}", response_model=BatchPublic)
-async def get_batch(batch_id: str, services: ServicesDep, who: PrincipalDep) -> BatchPublic:
+async def get_batch(batch_id: BatchId, services: ServicesDep, who: PrincipalDep) -> BatchPublic:
     """How many of the batch's jobs are in each status."""
     await _check_batch_owner(services, who, batch_id)
     counts = await asyncio.to_thread(services.store.batch_counts, batch_id)
@@ -146,7 +152,7 @@ async def get_batch(batch_id: str, services: ServicesDep, who: PrincipalDep) -> 
 
 
 @router.get("/batches/{batch_id}/archive", response_class=StreamingResponse, responses={200: {"content": {"application/zip": {}}}})
-async def batch_archive(batch_id: str, services: ServicesDep, who: PrincipalDep) -> StreamingResponse:
+async def batch_archive(batch_id: BatchId, services: ServicesDep, who: PrincipalDep) -> StreamingResponse:
     """A ZIP of every finished image of the batch plus ``manifest.json``, streamed image by image."""
     await _check_batch_owner(services, who, batch_id)
     jobs = await asyncio.to_thread(_succeeded_jobs, services, batch_id)

@@ -17,6 +17,7 @@ from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import error_body, request_id_of, wire_params
 from pixelmill.api.native.events import job_events, sse
 from pixelmill.api.native.protocol import PARAM_NAMES, GenerationCreate, GenerationPublic
+from pixelmill.api.offload import run_cpu
 from pixelmill.core.types import JobRecord
 from pixelmill.core.errors import PixelmillError
 from pixelmill.jobs.service import raise_for_job
@@ -49,7 +50,7 @@ async def generate(
 ):
     """Generate with every engine parameter and wait; ``Accept: text/event-stream`` streams progress."""
     with wire_params(PARAM_NAMES):
-        request = body.to_request(services.settings)
+        request = await run_cpu(body.to_request, services.settings)  # decoding: off the loop
         if "text/event-stream" in http.headers.get("accept", ""):
             job, _ = await services.jobs.submit(request, **who.submit_args())
             return StreamingResponse(
