@@ -2,11 +2,23 @@
 
 The same operations as ``pixelmill keys``; a created key's token is in the POST answer
 and nowhere else, ever.
+
+Two guards against a careless or hostile local client (issue 19 §8):
+
+* **The first key needs ``confirm_enable_keys: true``.** With no keys a loopback server
+  is open, so any local process may call this route; creating the first key switches
+  authentication on for every client at once, locking out all that have no key. That is
+  refused (400 naming ``confirm_enable_keys``) unless the body says it knowingly.
+  ``pixelmill keys create`` needs no flag: whoever runs it owns the data directory.
+* **Names are unique among active keys** (people revoke by name): a duplicate is
+  409 naming ``name``. The store refuses duplicates too; a process-wide lock makes its
+  check-then-insert atomic for the requests of this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import datetime
 from typing import Literal
 
@@ -14,9 +26,26 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from pixelmill.api.auth import get_authenticator, require_admin
+from pixelmill.api.errors import error_response, request_id_of, wire_params
+from pixelmill.api.params import KeyRef
 from pixelmill.auth.keys import ApiKey
+from pixelmill.auth.store import KeyStore
+from pixelmill.core.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["Keys (admin)"], dependencies=[Depends(require_admin)])
+
+FIRST_KEY_WARNING = (
+    "this server has no API keys: creating the first one turns authentication on for every "
+    "client, and every request without a key gets 401 from then on. Send "
+    '"confirm_enable_keys": true to do it (or run `pixelmill keys create` on the server)'
+)
+_CREATE_LOCK = threading.Lock()  # one create at a time: the first-key and name checks hold
+
+
+class NameTaken(InvalidRequest):
+    """An active key already has this name; answered 409, not 400 (see :func:`create_key`)."""
+
+    code = "name_taken"
 
 
 class KeyCreate(BaseModel):
@@ -26,6 +55,9 @@ class KeyCreate(BaseModel):
     scope: Literal["generate", "admin"] = "generate"
     rate: str | None = Field(None, max_length=32, description="Submissions per period, e.g. 60/min.")
     max_running: int | None = Field(None, ge=1, le=100_000, description="Queued+running jobs at most.")
+    confirm_enable_keys: bool = Field(False, description=(
+        "Required (true) to create the first key: from then on every request needs a key, so "
+        "clients without one are locked out. Ignored once keys exist."))
 
 
 class KeyPublic(BaseModel):
@@ -69,18 +101,38 @@ async def list_keys(request: Request) -> KeyList:
     return KeyList(data=[KeyPublic.of(key) for key in keys])
 
 
-@router.post("/keys", status_code=201, response_model=KeyCreated)
-async def create_key(body: KeyCreate, request: Request) -> KeyCreated:
-    """Create an API key (admin); the answer holds the key, shown this once."""
-    store = get_authenticator(request).keys
-    key, token = await asyncio.to_thread(
-        store.create, body.name, scope=body.scope, rate=body.rate, max_running=body.max_running
-    )
+@router.post("/keys", status_code=201, response_model=KeyCreated,
+             responses={409: {"description": "An active key has this name."}})
+async def create_key(body: KeyCreate, request: Request):
+    """Create an API key (admin); the answer holds the key, shown this once.
+
+    The first key needs ``confirm_enable_keys: true``; a name an active key has is 409.
+    """
+    try:
+        key, token = await asyncio.to_thread(_create, get_authenticator(request).keys, body)
+    except NameTaken as exc:
+        # The error table has no 409 row for a client's conflict: answer it here.
+        response = error_response(exc, request_id_of(request))
+        response.status_code = 409
+        return response
     return KeyCreated(**KeyPublic.of(key).model_dump(), key=token)
 
 
+def _create(store: KeyStore, body: KeyCreate) -> tuple[ApiKey, str]:
+    """Blocking: the guards of the module docstring, then the store's create."""
+    with _CREATE_LOCK:
+        if not body.confirm_enable_keys and not store.has_active():
+            raise InvalidRequest(FIRST_KEY_WARNING, param="confirm_enable_keys")
+        name = body.name.strip()
+        if name and any(key.name == name for key in store.list()):
+            raise NameTaken(f"an active key named {name!r} exists; choose another name or revoke it first",
+                            param="name")
+        return store.create(body.name, scope=body.scope, rate=body.rate, max_running=body.max_running)
+
+
 @router.delete("/keys/{key_id}", response_model=KeyPublic)
-async def revoke_key(key_id: str, request: Request) -> KeyPublic:
-    """Revoke an API key by id (admin); requests with it fail at once."""
-    key = await asyncio.to_thread(get_authenticator(request).keys.revoke, key_id)
+async def revoke_key(key_id: KeyRef, request: Request) -> KeyPublic:
+    """Revoke an API key by id or name (admin); requests with it fail at once."""
+    with wire_params({"key": "key_id"}):
+        key = await asyncio.to_thread(get_authenticator(request).keys.revoke, key_id)
     return KeyPublic.of(key)

@@ -3,7 +3,10 @@
 ``GET /v1/loras`` and ``GET /v1/controlnets`` list what is on disk (checkpoints are in
 OpenAI's ``GET /v1/models``). ``POST /v1/models/refresh`` re-scans the directory and
 ``POST /v1/loras`` stores an uploaded LoRA after checking it fits a base checkpoint;
-both need an admin key. LoRA details come from safetensors headers (never the tensors).
+both need an admin key. LoRA details come from safetensors headers (never the tensors);
+a file in ``loras/`` that is not a usable LoRA is listed with ``valid: false`` and the
+reason in ``error`` (requests naming it are refused by the registry, 400), and an upload
+whose header cannot be parsed is 400 naming ``file``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ class LoraPublic(ModelFilePublic):
     targets: int = Field(0, description="How many modules it adapts.")
     components: list[str] = Field(default_factory=list, description="unet, text_encoder, text_encoder_2.")
     compatible_with: list[str] = Field(default_factory=list, description="Checkpoints it fits.")
+    valid: bool = Field(True, description="False: the file is not a usable LoRA (see error); requests "
+                                          "naming it are refused.")
     error: str | None = Field(None, description="Why the file is not a usable LoRA, if it is not.")
 
     @classmethod
@@ -58,7 +63,9 @@ class LoraPublic(ModelFilePublic):
         try:
             info = inspect_lora(entry.path)
         except (InvalidRequest, OSError) as exc:
-            return public.model_copy(update={"error": getattr(exc, "message", "unreadable file")})
+            # A broken file is listed, not fatal to the listing: the operator sees why.
+            return public.model_copy(update={"valid": False,
+                                             "error": getattr(exc, "message", "unreadable file")})
         return public.model_copy(update={
             "format": info.format, "rank": info.rank, "targets": len(info.targets),
             "components": list(info.components), "compatible_with": compatible_bases(entry.path, registry),

@@ -3,7 +3,12 @@
 FastAPI documents a 422 ``HTTPValidationError`` for every route with parameters, but
 pixelmill answers every error through one table (``api.errors``) with OpenAI's envelope
 and 400 for invalid input. This replaces the 422 with the envelope for any 4xx and 5xx,
-so clients (and the schemathesis fuzz test) can rely on the documented shapes.
+so clients (and the schemathesis fuzz test) can rely on the documented shapes; a
+specific error status a route documents (``POST /v1/keys``: 409) gets the envelope too.
+
+Limits on parameters are stated where the parameters are declared (``api.params``:
+id patterns, a non-empty ``cursor``, ``since`` as ``date-time``), so the document and
+the checks cannot disagree.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def truthful_openapi(app: FastAPI) -> dict[str, Any]:
             if method in path:
                 responses = path[method].setdefault("responses", {})
                 responses.pop("422", None)
+                for code, response in responses.items():  # e.g. a route's documented 409
+                    if code[0] in "45" and "content" not in response:
+                        response["content"] = {"application/json": {"schema": _ERROR_REF}}
                 responses["4XX"] = _error_response("Client error (400 invalid, 401 no key, 404, 413, 429 …)")
                 responses["5XX"] = _error_response("Server error; quote the request_id")
     app.openapi_schema = schema

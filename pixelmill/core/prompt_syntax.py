@@ -12,7 +12,22 @@ Emphasis, as in AUTOMATIC1111's web UI:
   after it starts a new chunk, even when the current one has room.
 - Lenient like A1111: an unclosed ``(`` or ``[`` weights everything up to the end of
   the prompt; a ``)`` or ``]`` with nothing open is kept as a literal character.
-  Only a weight that is not a number (``(a:1.2.3)``) is refused, as ``InvalidRequest``.
+
+Bounds (A1111 has none; issue 19: 2,000 nested ``(`` made 1.1^2000 = inf and a NaN
+image). What cannot be honoured is refused as ``InvalidRequest(param="prompt")``, never
+clamped, so a caller learns that the image would not be what the prompt says:
+
+- a weight that is not a number (``(a:1.2.3)``);
+- more than :data:`MAX_EMPHASIS_DEPTH` brackets open at once (unclosed ones count, as
+  they weight the rest of the prompt). This also bounds the parser's work, which grows
+  with depth times length;
+- a text whose resulting weight (everything that encloses it, multiplied) is outside
+  ``±MAX_EMPHASIS_WEIGHT``, or not a number at all (``inf``, ``0 × inf``). Weights beyond
+  about 2 already distort an SDXL image; far larger ones overflow half-precision text
+  embeddings. Negative weights stay accepted: compel, which applies the weights, treats
+  any weight at or below 0 as "without this text".
+
+:func:`check_emphasis` runs the same checks for the request policy, naming the field.
 """
 
 from __future__ import annotations
@@ -24,6 +39,10 @@ from pixelmill.core.errors import InvalidRequest
 
 ROUND_FACTOR = 1.1
 """``(text)`` multiplies the weight by this; ``[text]`` divides by it."""
+MAX_EMPHASIS_DEPTH = 32
+"""Most brackets open at once; real prompts rarely nest more than 8 (1.1^8 = 2.1)."""
+MAX_EMPHASIS_WEIGHT = 5.0
+"""Largest absolute weight a text may end up with (``(x:5)``, or 17 nested ``(``)."""
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _LORA_TAG = re.compile(r"<lora:([^<>]*)>", re.IGNORECASE)
@@ -107,12 +126,28 @@ def is_plain(prompt: str) -> bool:
     return not uses_weighting(prompt) and not uses_break(prompt) and _ESCAPE.search(prompt) is None
 
 
+def check_emphasis(text: str, *, param: str = "prompt") -> None:
+    """Raise ``InvalidRequest`` naming ``param`` when :func:`parse_emphasis` would refuse ``text``.
+
+    For the request policy, before anything is queued: a ``negative_prompt`` is parsed
+    by the engine too, and its errors should name it.
+    """
+    if is_plain(text):
+        return
+    try:
+        parse_emphasis(text)
+    except InvalidRequest as exc:
+        exc.param = param
+        raise
+
+
 def parse_emphasis(prompt: str) -> list[list[Segment]]:
     """Parse A1111 emphasis into chunks (split at ``BREAK``) of weighted text segments.
 
     Adjacent segments of equal weight are merged, weights are rounded to 6 decimals (so
     ``([a])`` is exactly 1.0), whitespace-only text has weight 1.0 and empty chunks are
-    dropped; an empty prompt gives ``[]``.
+    dropped; an empty prompt gives ``[]``. Raises ``InvalidRequest(param="prompt")`` for
+    what the module docstring's bounds refuse.
     """
     items: list[list | None] = []  # [text, weight] or None for BREAK
     opened: list[tuple[str, int]] = []  # (bracket, index into items where it opened)
@@ -121,6 +156,10 @@ def parse_emphasis(prompt: str) -> list[list[Segment]]:
         if kind == "escape":
             items.append([match.group()[1], 1.0])
         elif kind == "open":
+            if len(opened) == MAX_EMPHASIS_DEPTH:
+                raise InvalidRequest(
+                    f"emphasis brackets nest more than {MAX_EMPHASIS_DEPTH} deep in the prompt; "
+                    r"write (text:weight) instead, or \( \[ for literal brackets", param="prompt")
             opened.append((match.group(), len(items)))
         elif kind == "weight":
             _close_weighted(match, items, opened)
@@ -176,12 +215,24 @@ def _multiply(items: list, start: int, factor: float) -> None:
             item[1] *= factor
 
 
+def _check_weight(text: str, weight: float) -> None:
+    # Written so that NaN fails too: every comparison with NaN is False.
+    if not -MAX_EMPHASIS_WEIGHT <= weight <= MAX_EMPHASIS_WEIGHT:
+        shown = text.strip()[:40]
+        raise InvalidRequest(
+            f"emphasis gives {shown!r} a weight of {weight:g}; weights must be between "
+            f"{-MAX_EMPHASIS_WEIGHT:g} and {MAX_EMPHASIS_WEIGHT:g} (beyond about 2 they already "
+            "distort the image)", param="prompt")
+
+
 def _chunks(items: list) -> list[list[Segment]]:
     chunks: list[list[Segment]] = [[]]
     for item in items:
         if item is None:
             chunks.append([])
             continue
+        if item[0].strip():
+            _check_weight(item[0], item[1])
         # Whitespace has no tokens to weight (and compel trips over empty weighted fragments).
         text, weight = item[0], round(item[1], 6) if item[0].strip() else 1.0
         chunk = chunks[-1]

@@ -5,6 +5,10 @@ switching back is free while the budget allows, and frees the least recently use
 (weights, derived pipelines, its LoRA adapters) before a switch would exceed it. With
 the default budget of 0 only the model in use stays loaded: the old one is freed
 *before* the new one loads, so memory never holds two.
+
+A source that is not a base model (an SDXL refiner) is refused before anything is
+freed: with the default budget a mistaken ``model`` would otherwise unload the model in
+use and make the next request pay for loading it again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 import torch
 
 from pixelmill.engine.device import free_memory
-from pixelmill.engine.models import ModelSource
+from pixelmill.engine.models import ModelSource, check_base_source
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class ModelCache:
         if model is not None:
             self._models.move_to_end(source)
             return model
+        check_base_source(source)  # InvalidRequest before _make_room evicts anything
         self._make_room(self._estimate(source))
         model = self._load(source)
         self._models[source] = model

@@ -20,6 +20,9 @@ into the embeddings ``StableDiffusionXL*Pipeline.__call__`` accepts instead of t
   with empty-prompt chunks (see :func:`chunk_count`).
 - No negative prompt (None, or an empty/blank one) gives zero embeddings when the model
   says ``force_zeros_for_empty_prompt``, as the pipeline would; otherwise "" is encoded.
+- Bounded: :func:`~pixelmill.core.prompt_syntax.parse_emphasis` refuses nesting and
+  weights it cannot honour (see its module), and embeddings that still come out
+  non-finite are refused here, so NaN never reaches the UNet.
 
 compel objects are built per call: they cache the empty-prompt encoding, which changes
 whenever LoRA adapters or weights change, and building one costs one text-encoder pass.
@@ -93,7 +96,8 @@ def encode_prompts(pipe: Any, prompts: list[str], negatives: list[str] | None, *
     ``prompts`` and ``negatives`` have one entry per sample; ``negatives=None`` means no
     negative prompt for any sample. Returns None when no prompt or negative prompt needs
     compel (unless ``always``), so the caller keeps passing plain strings. Raises
-    ``InvalidRequest(param="prompt")`` for bad emphasis syntax and
+    ``InvalidRequest`` naming ``prompt`` or ``negative_prompt`` for emphasis that cannot
+    be honoured (bad syntax, too deep, weights out of range, non-finite embeddings) and
     ``InvalidRequest(param="clip_skip")`` when the text encoders have too few layers.
     """
     if negatives is not None and len(negatives) != len(prompts):
@@ -185,12 +189,18 @@ class _Batch:
             # Zero rows take the shape of the prompt rows, like the pipeline's zeros_like.
             zeros = (torch.zeros_like(embeds[:1]), torch.zeros_like(pooled[:1]))
             negative_embeds, negative_pooled = self._stack(negative_rows, self.negative, length, zeros)
+        _check_finite("prompt", embeds, pooled)
+        _check_finite("negative_prompt", negative_embeds, negative_pooled)
         return PromptEmbeds(embeds, pooled, negative_embeds, negative_pooled)
 
     def _negative_row(self, text: str | None):
         if self.zeros_for_empty and (text is None or not text.strip()):
             return None  # zeros, made once the common length is known
-        return self._row(self.negative, text or "")
+        try:
+            return self._row(self.negative, text or "")
+        except InvalidRequest as exc:
+            exc.param = "negative_prompt"  # parse_emphasis cannot know which field it read
+            raise
 
     def _row(self, compels: list[Any], prompt: str) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-encoder conditioning (1, tokens, dim) and the pooled embedding of one prompt."""
@@ -217,6 +227,18 @@ class _Batch:
             embeds.append(torch.cat(parts, dim=-1).to(self.device, self.dtype))
             pooled.append(row[1].to(self.device, self.dtype))
         return torch.cat(embeds), torch.cat(pooled)
+
+
+def _check_finite(param: str, *tensors: torch.Tensor) -> None:
+    """InvalidRequest naming ``param`` if any embedding is inf or NaN.
+
+    Weights are bounded before encoding, so this is the last line: a half-precision
+    text encoder can still overflow on large weights, and a NaN embedding would turn the
+    whole image into NaN (black) instead of failing.
+    """
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in tensors):
+        raise InvalidRequest(f"the {param}'s emphasis weights give non-finite text embeddings on this "
+                             "model; use smaller weights", param=param)
 
 
 def _pad(conditioning: torch.Tensor, compel: Any, length: int) -> torch.Tensor:

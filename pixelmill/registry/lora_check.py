@@ -124,6 +124,8 @@ def read_header(path: Path) -> dict[str, tuple[int, ...]]:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise HeaderError("not a safetensors file: header is not JSON") from None
+    except RecursionError:  # hostile "[[[[…": a real header nests 3 deep
+        raise HeaderError("not a safetensors file: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise HeaderError("not a safetensors file: header is not a JSON object")
     return _shapes(header, size - 8 - length)

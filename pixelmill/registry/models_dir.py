@@ -15,14 +15,20 @@ leave the folder). Pickle formats (``.ckpt``, ``.pt``, ``.bin``, ``.pth``) are n
 opened: they can run code when loaded. This module does not import diffusers.
 
 A checkpoint folder laid out like the SDXL refiner (``model_index.json`` without a
-usable ``text_encoder``) lists as ``refiner`` but resolves as a checkpoint. Uploaded
-LoRAs are stored with a temporary file renamed into place, so a reader never sees a
-half-written file.
+usable ``text_encoder``) lists as ``refiner`` and resolves as a checkpoint, for
+``refiner.name``; :meth:`ModelRegistry.base_model` refuses it as a request's ``model``
+(it cannot generate from text). Uploaded LoRAs are stored with a temporary file renamed
+into place, so a reader never sees a half-written file.
+
+Resolving a LoRA also reads its safetensors header (cached while the file is unchanged):
+a file that was dropped into ``loras/`` broken is refused with the reason, naming the
+request's parameter, instead of failing deep inside the engine.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import re
@@ -97,7 +103,7 @@ def _is_diffusers_folder(path: Path, kind: ModelKind) -> bool:
     return any(path.rglob("*.safetensors"))
 
 
-def _is_refiner_folder(path: Path) -> bool:
+def is_refiner_folder(path: Path) -> bool:
     """SDXL refiner layout: ``text_encoder`` is null (it has only ``text_encoder_2``)."""
     try:
         index = json.loads((path / "model_index.json").read_text())
@@ -163,7 +169,7 @@ class ModelRegistry:
             return None
         if not NAME_PATTERN.fullmatch(name):
             return None
-        refiner = kind is ModelKind.checkpoint and not single and _is_refiner_folder(child)
+        refiner = kind is ModelKind.checkpoint and not single and is_refiner_folder(child)
         return ModelEntry(name, kind, child, single, _size_of(child), refiner)
 
     def list(self, kind: ModelKind) -> list[ModelEntry]:
@@ -188,6 +194,23 @@ class ModelRegistry:
             raise NotFound(f"no {kind.name} named {name!r} (available: {known})", param=param)
         if not _inside(entry.path, self.root / kind.value):
             raise InvalidRequest(f"{kind.name} {name!r} points outside its folder", param=param)
+        if kind is ModelKind.lora:
+            _check_lora_file(entry, param)
+        return entry
+
+    def base_model(self, name: str, *, param: str = "model") -> ModelEntry:
+        """The checkpoint called ``name`` as a request's base model; a refiner is refused.
+
+        An SDXL refiner has no first text encoder and cannot generate from text, so naming
+        it as ``model`` is a client mistake (400 naming ``param``), found before anything is
+        queued or loaded; it is used as ``refiner.name`` instead.
+        """
+        entry = self.resolve(ModelKind.checkpoint, name, param=param)
+        if entry.refiner:
+            bases = ", ".join(e.name for e in self.list(ModelKind.checkpoint) if not e.refiner) or "none"
+            raise InvalidRequest(
+                f"{name!r} is a refiner checkpoint, not a base model: pass it as refiner.name "
+                f"with a base model as {param} (base models: {bases})", param=param)
         return entry
 
     def store_lora(
@@ -221,7 +244,36 @@ class ModelRegistry:
         finally:
             Path(temp).unlink(missing_ok=True)
         self.refresh()
-        return self.resolve(ModelKind.lora, name, param="name")
+        entry = self.find(ModelKind.lora, name)  # no header check: ``check`` is the caller's
+        if entry is None:
+            raise InvalidRequest(f"LoRA {name!r} was stored but is not listed; choose another name",
+                                 param="name")
+        return entry
+
+
+def _check_lora_file(entry: ModelEntry, param: str) -> None:
+    """InvalidRequest naming ``param`` unless the LoRA file is well-formed safetensors."""
+    try:
+        stat = entry.path.stat()
+        problem = _header_problem(str(entry.path), stat.st_mtime_ns, stat.st_size)
+    except OSError as exc:
+        problem = f"it cannot be read ({exc.strerror or type(exc).__name__})"
+    if problem:
+        raise InvalidRequest(f"LoRA {entry.name!r} is not usable: {problem}", param=param)
+
+
+@functools.lru_cache(maxsize=512)
+def _header_problem(path: str, mtime_ns: int, size: int) -> str | None:
+    """Why the file at ``path`` is not safetensors, or None; keyed by mtime and size so an
+    edited file is read again. Only the header is read, never the tensors."""
+    # lora_check imports this module for ModelEntry and ModelKind: import it when first needed.
+    from pixelmill.registry.lora_check import HeaderError, read_header
+
+    try:
+        read_header(Path(path))
+    except HeaderError as exc:
+        return str(exc)
+    return None
 
 
 def _publish(temp: Path, target: Path, *, overwrite: bool, name: str) -> None:

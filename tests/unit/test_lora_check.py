@@ -240,6 +240,9 @@ def _one_tensor(path: Path, shape: list[int], offsets: list[int]) -> Path:
         (lambda p: _one_tensor(p, [4, 8], [0, 128]), "bad safetensors header"),  # data past the end
         (lambda p: _one_tensor(p, [-1], [0, 0]), "bad safetensors header"),
         (lambda p: _header_file(p, b"{}"), "no LoRA tensors"),
+        # issue 19 §7: RecursionError in json, a 500 on upload and listing
+        (lambda p: _header_file(p, b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
+        (lambda p: _header_file(p, b'{"a":' * 50_000 + b"1" + b"}" * 50_000), "nested too deeply"),
     ],
 )
 def test_files_that_are_not_safetensors_loras_are_refused(tmp_path, content, match):

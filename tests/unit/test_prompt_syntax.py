@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 
 from pixelmill.core.errors import InvalidRequest
-from pixelmill.core.prompt_syntax import (Segment, extract_lora_tags, is_plain,
-                                     parse_emphasis, segments_text, uses_break, uses_weighting)
+from pixelmill.core.prompt_syntax import (MAX_EMPHASIS_DEPTH, MAX_EMPHASIS_WEIGHT, Segment, check_emphasis,
+                                          extract_lora_tags, is_plain, parse_emphasis, segments_text,
+                                          uses_break, uses_weighting)
 
 # --- LoRA tags ---------------------------------------------------------------------------
 
@@ -119,3 +120,47 @@ def test_syntax_detection(prompt, weighting, brk, plain):
 def test_segments_text_drops_syntax():
     assert segments_text(parse_emphasis(r"a (cat:1.3) \(b\) BREAK [c]")) == "a cat (b) c"
     assert Segment("x").weight == 1.0
+
+
+# --- bounds (issue 19 §7: 2,000 nested "(" gave 1.1^2000 = inf and a NaN image) ---------------
+
+
+@pytest.mark.parametrize(("prompt", "weight"), [
+    ("(" * 16 + "a" + ")" * 16, 4.594973),  # the deepest pure "(" nesting within the weight bound
+    ("[" * MAX_EMPHASIS_DEPTH + "a", 0.047362),  # down-weighting cannot overflow: depth is the bound
+    (f"(a:{MAX_EMPHASIS_WEIGHT:g})", MAX_EMPHASIS_WEIGHT),
+    (f"(a:-{MAX_EMPHASIS_WEIGHT:g})", -MAX_EMPHASIS_WEIGHT),
+    ("((a:2.5))", 2.75),
+])
+def test_weights_within_the_bounds_are_honoured(prompt, weight):
+    assert _flat(prompt) == [[("a", weight)]]
+
+
+@pytest.mark.parametrize(("prompt", "match"), [
+    ("(" * 2000 + "a" + ")" * 2000, "nest more than"),
+    ("[" * 2000 + "a" + "]" * 2000, "nest more than"),
+    ("a " + ":( " * (MAX_EMPHASIS_DEPTH + 1), "nest more than"),  # unclosed ones count: they weight the rest
+    ("(" * 17 + "a" + ")" * 17, "weight of 5.05"),
+    ("(a:5.01)", "weight of 5.01"),
+    ("((a:3):3)", "weight of 9"),
+    ("(a:-6)", "weight of -6"),
+    ("(a:" + "9" * 400 + ")", "weight of inf"),  # float("999…") is inf
+    ("((a:0):" + "9" * 400 + ")", "weight of nan"),  # 0 × inf: NaN must not slip through a range check
+])
+def test_emphasis_that_cannot_be_honoured_is_refused_naming_prompt(prompt, match):
+    with pytest.raises(InvalidRequest, match=match) as caught:
+        parse_emphasis(prompt)
+    assert caught.value.param == "prompt"
+
+
+def test_whitespace_keeps_weight_one_whatever_encloses_it():
+    # Only text with tokens is weighted, so only it is checked: "(a:9)" would be refused.
+    assert _flat("( :9) b") == [[("  b", 1.0)]]
+
+
+def test_check_emphasis_names_the_field():
+    check_emphasis("a ((cat)) [dog]", param="negative_prompt")
+    with pytest.raises(InvalidRequest) as caught:
+        check_emphasis("(" * 2000 + "ugly", param="negative_prompt")
+    assert caught.value.param == "negative_prompt"
+    check_emphasis(r"plain text, \(escaped\)", param="prompt")  # plain: nothing to parse

@@ -6,6 +6,7 @@ import builtins
 import io
 import json
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 from pixelmill.engine.models import resolve_source
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable, NotFound
 from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelKind, ModelRegistry
+
+EMPTY_SAFETENSORS = struct.pack("<Q", 2) + b"{}"
+"""The smallest well-formed safetensors file: resolving a LoRA reads its header."""
 
 
 @pytest.fixture()
@@ -27,7 +31,7 @@ def models(tmp_path: Path) -> Path:
     (tmp_path / "checkpoints" / "pickled" / "model_index.json").write_text("{}")
     (tmp_path / "checkpoints" / "pickled" / "weights.bin").write_bytes(b"pickle")
     (tmp_path / "loras").mkdir()
-    (tmp_path / "loras" / "style.safetensors").write_bytes(b"z")
+    (tmp_path / "loras" / "style.safetensors").write_bytes(EMPTY_SAFETENSORS)
     (tmp_path / "loras" / "old.pt").write_bytes(b"pickle")
     outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
     outside.write_bytes(b"secret")
@@ -189,7 +193,8 @@ def test_existing_name_needs_overwrite(models):
     registry.refresh()
     with pytest.raises(InvalidRequest, match="overwrite") as info:
         registry.store_lora("style", b"new")
-    assert info.value.param == "name" and (models / "loras" / "style.safetensors").read_bytes() == b"z"
+    assert info.value.param == "name"
+    assert (models / "loras" / "style.safetensors").read_bytes() == EMPTY_SAFETENSORS
     registry.store_lora("style.safetensors", b"new", overwrite=True)
     assert (models / "loras" / "style.safetensors").read_bytes() == b"new"
 
@@ -238,3 +243,61 @@ def test_pickle_files_are_never_opened_by_the_registry(models, monkeypatch):
         for name in ("evil", "evil.ckpt", "old", "old.pt", "pickled", "weights.bin"):
             with pytest.raises((InvalidRequest, NotFound)):
                 registry.resolve(kind, name, param="model")
+
+
+# --- issue 19 §7: refiners as base models, broken LoRA files ----------------------------------
+
+
+def _refiner_and_base(models: Path) -> ModelRegistry:
+    te2 = ["transformers", "CLIPTextModelWithProjection"]
+    _diffusers_folder(models / "checkpoints" / "refiner", "model_index.json",
+                      {"text_encoder": [None, None], "text_encoder_2": te2})
+    registry = ModelRegistry(models)
+    registry.refresh()
+    return registry
+
+
+def test_a_refiner_is_not_a_base_model(models):
+    registry = _refiner_and_base(models)
+    assert registry.base_model("good").name == "good"
+    with pytest.raises(InvalidRequest, match="refiner.name") as info:
+        registry.base_model("refiner")
+    assert info.value.param == "model" and "base models: good, single" in info.value.message
+    assert registry.resolve(ModelKind.checkpoint, "refiner", param="refiner.name").refiner  # as refiner: fine
+    with pytest.raises(NotFound):
+        registry.base_model("missing")
+
+
+def test_the_operator_cannot_serve_a_refiner(models):
+    registry = _refiner_and_base(models)
+    for value in ("refiner", str(models / "checkpoints" / "refiner")):
+        with pytest.raises(InvalidRequest, match="refiner") as info:
+            resolve_source(value, registry)
+        assert info.value.param == "model"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"z", "shorter than"),
+    (struct.pack("<Q", 11) + b"not json!!!", "not JSON"),
+    (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+])
+def test_a_broken_lora_file_is_refused_by_name_with_the_reason(models, content, reason):
+    (models / "loras" / "broken.safetensors").write_bytes(content)
+    registry = ModelRegistry(models)
+    registry.refresh()
+    assert registry.find(ModelKind.lora, "broken") is not None  # listed: the listing shows why
+    with pytest.raises(InvalidRequest, match=reason) as info:
+        registry.resolve(ModelKind.lora, "broken", param="loras[1].name")
+    assert info.value.param == "loras[1].name" and "'broken' is not usable" in info.value.message
+
+
+def test_a_repaired_lora_file_is_read_again(models):
+    path = models / "loras" / "broken.safetensors"
+    path.write_bytes(b"z")
+    registry = ModelRegistry(models)
+    registry.refresh()
+    with pytest.raises(InvalidRequest):
+        registry.resolve(ModelKind.lora, "broken", param="loras[0].name")
+    path.write_bytes(EMPTY_SAFETENSORS)
+    os.utime(path, ns=(1, 2))  # a new mtime even on coarse clocks: the cache is keyed by it
+    assert registry.resolve(ModelKind.lora, "broken", param="loras[0].name").name == "broken"

@@ -91,3 +91,21 @@ def test_bind_rule():
     assert open_refusal("0.0.0.0", has_keys=False, insecure_no_auth=True) is None
     message = open_refusal("0.0.0.0", has_keys=False, insecure_no_auth=False)
     assert "pixelmill keys create" in message and "--insecure-no-auth" in message
+
+
+def test_keys_create_on_the_cli_needs_no_confirmation_but_says_auth_turns_on(tmp_path):
+    # issue 19 §8: over HTTP the first key needs confirm_enable_keys (see
+    # tests/integration/test_hostile_inputs.py); the CLI is the operator's own tool.
+    from typer.testing import CliRunner
+
+    from pixelmill.cli.main import app
+
+    runner = CliRunner()
+    data = ["--data-dir", str(tmp_path / "data")]
+    first = runner.invoke(app, ["keys", "create", "--name", "root", "--scope", "admin", *data])
+    assert first.exit_code == 0, first.output
+    assert "first API key" in first.output and "authentication is now on" in first.output
+    second = runner.invoke(app, ["keys", "create", "--name", "team-a", *data])
+    assert second.exit_code == 0 and "first API key" not in second.output
+    duplicate = runner.invoke(app, ["keys", "create", "--name", "team-a", *data])
+    assert duplicate.exit_code == 2 and "team-a" in duplicate.output
