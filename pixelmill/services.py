@@ -1,17 +1,21 @@
-"""The composition root: builds the long-lived objects a server or worker process needs.
+"""The composition root of the jobs side: store, notifier, job service and workers.
 
-Nothing here runs at import time; :func:`build_services` is called by ``create_app`` or
-the ``worker`` command with a :class:`Settings` object. Opening the job store upgrades
-its schema (safe when several processes start at once).
+Nothing here runs at import time. :func:`build_services` wires the layers around
+generation backends it is given (a factory), so this module, and the API that imports
+it, never import the engine: :mod:`pixelmill.server` passes the engine's factory, tests
+pass fakes. Opening the job store upgrades its schema (safe when several processes
+start at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pixelmill.engine.runner import EngineRunner
+from pixelmill.core.backend import GenerationBackend
+from pixelmill.jobs.availability import Availability
 from pixelmill.jobs.blobs import DatabaseResultStore
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
@@ -25,6 +29,9 @@ from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
 
+BackendFactory = Callable[[Settings, ModelRegistry], GenerationBackend]
+"""Builds one backend (one engine, one model copy) for one worker."""
+
 
 @dataclass
 class Services:
@@ -37,13 +44,14 @@ class Services:
     notifier: Notifier
     events: JobEvents
     jobs: JobService
-    runners: list[EngineRunner] = field(default_factory=list)
+    availability: Availability
+    backends: list[GenerationBackend] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
 
     @property
-    def runner(self) -> EngineRunner | None:
-        """The first embedded engine (None on an API-only host)."""
-        return self.runners[0] if self.runners else None
+    def backend(self) -> GenerationBackend | None:
+        """The first embedded backend (None on an API-only host)."""
+        return self.backends[0] if self.backends else None
 
     async def read_result(self, file_id: str) -> bytes:
         """The bytes of a stored result image."""
@@ -53,8 +61,17 @@ class Services:
         return await asyncio.to_thread(stored.path.read_bytes)
 
 
-def build_services(settings: Settings, *, workers: int | None = None) -> Services:
-    """Wire the layers for ``settings``; ``workers`` overrides ``settings.workers``."""
+def build_services(
+    settings: Settings, *, workers: int | None = None, backend_factory: BackendFactory | None = None,
+) -> Services:
+    """Wire the layers for ``settings``; ``workers`` overrides ``settings.workers``.
+
+    Each worker gets its own backend from ``backend_factory``, which is required when
+    there are workers (an API-only host, ``workers=0``, needs none).
+    """
+    count = settings.workers if workers is None else workers
+    if count and backend_factory is None:
+        raise ValueError("build_services: workers need a backend_factory (see pixelmill.server)")
     registry = ModelRegistry(settings.models_dir)
     registry.refresh()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,16 +86,18 @@ def build_services(settings: Settings, *, workers: int | None = None) -> Service
     )
     notifier = Notifier()
     events = JobEvents(store, sender, base_url=settings.public_url or "")
-    services = Services(
-        settings=settings, registry=registry, store=store, results=results, notifier=notifier,
-        events=events, jobs=JobService(settings, store, ModelCatalog(settings, registry), notifier),
-    )
-    count = settings.workers if workers is None else workers
+    backends: list[GenerationBackend] = []
+    worker_list: list[Worker] = []
     base_id = settings.worker_id or default_worker_id()
     for i in range(count):
-        # One engine (thread and model copy) per worker: workers never share a pipeline.
-        runner = EngineRunner(settings, registry)
+        # One backend (engine thread and model copy) per worker: workers never share a pipeline.
+        backend = backend_factory(settings, registry)
         worker_id = base_id if count == 1 else f"{base_id}/{i}"
-        services.runners.append(runner)
-        services.workers.append(Worker(settings, store, runner, results, notifier, events, worker_id=worker_id))
-    return services
+        backends.append(backend)
+        worker_list.append(Worker(settings, store, backend, results, notifier, events, worker_id=worker_id))
+    availability = Availability(settings, store, worker_list)
+    jobs = JobService(settings, store, ModelCatalog(settings, registry), notifier, availability=availability)
+    return Services(
+        settings=settings, registry=registry, store=store, results=results, notifier=notifier, events=events,
+        jobs=jobs, availability=availability, backends=backends, workers=worker_list,
+    )

@@ -1,6 +1,8 @@
 """``create_app(settings, services)``: the FastAPI application, built on demand.
 
-On start the embedded workers' engines load in the background, so ``/health`` answers
+The services come ready-made (:func:`pixelmill.server.build_app` builds them with the
+engine; tests may use fake backends): the API never imports the engine, even indirectly.
+On start the embedded workers' backends load in the background, so ``/health`` answers
 (503, ``"status": "loading"``) while the model loads, and 200 once it can generate.
 On shutdown (SIGTERM) workers stop claiming, finish or release their running job, and
 pending webhooks get a moment to go out.
@@ -30,7 +32,7 @@ from pixelmill.api.openai import router as openai
 from pixelmill.cost.alerts import watch_crossover
 from pixelmill.auth.store import KeyStore
 from pixelmill.jobs.worker import reap_expired_jobs
-from pixelmill.services import Services, build_services
+from pixelmill.services import Services
 from pixelmill.settings import Settings
 
 log = logging.getLogger("pixelmill.api")
@@ -45,19 +47,22 @@ async def _maintenance(services: Services) -> None:
     interval = max(0.5, services.settings.lease_s / 4)
     while True:
         await asyncio.sleep(interval)
-        await reap_expired_jobs(services.store, services.notifier, services.events)
-        if asyncio.get_running_loop().time() - last_sweep > SWEEP_INTERVAL_S:
-            last_sweep = asyncio.get_running_loop().time()
-            removed = await asyncio.to_thread(services.results.sweep)
-            if removed:
-                log.info("removed %d expired result files", removed)
+        try:
+            await reap_expired_jobs(services.store, services.notifier, services.events)
+            if asyncio.get_running_loop().time() - last_sweep > SWEEP_INTERVAL_S:
+                last_sweep = asyncio.get_running_loop().time()
+                removed = await asyncio.to_thread(services.results.sweep)
+                if removed:
+                    log.info("removed %d expired result files", removed)
+        except Exception:  # the store or the results folder is broken: try again next round, never die
+            log.exception("maintenance failed; retrying in %.1f s", interval)
 
 
 @contextlib.asynccontextmanager
 async def _running(services: Services) -> AsyncIterator[None]:
-    """Engines, workers and maintenance for the app's lifetime."""
-    for runner in services.runners:
-        runner.start()
+    """Backends, workers and maintenance for the app's lifetime."""
+    for backend in services.backends:
+        backend.start()
     tasks = [asyncio.create_task(worker.run()) for worker in services.workers]
     maintenance = asyncio.create_task(_maintenance(services))
     cost_watch = asyncio.create_task(watch_crossover(services))
@@ -68,13 +73,12 @@ async def _running(services: Services) -> AsyncIterator[None]:
         cost_watch.cancel()
         await asyncio.gather(*(w.shutdown(t, SHUTDOWN_GRACE_S) for w, t in zip(services.workers, tasks)))
         await services.events.drain(timeout=5)
-        for runner in services.runners:
-            runner.shutdown()
+        for backend in services.backends:
+            backend.shutdown()
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the app for ``settings``; ``services`` may be injected (tests, embedding)."""
-    services = services or build_services(settings)
+def create_app(settings: Settings, services: Services) -> FastAPI:
+    """Build the app for ``settings`` around ``services`` (see :mod:`pixelmill.services`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -90,11 +94,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     app.state.auth = Authenticator(settings, KeyStore(services.store.engine))
     install_error_handlers(app)
-    app.add_middleware(
-        RequestContextMiddleware,
-        max_json_bytes=settings.max_json_bytes,
-        max_multipart_bytes=settings.max_multipart_bytes,
-    )
+    app.add_middleware(RequestContextMiddleware, settings=settings)
     _add_cors(app, settings)
     app.include_router(system.router)
     app.include_router(openai.router)

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from pixelmill.api.auth import current_principal, require_admin
 from pixelmill.api.deps import ServicesDep
-from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PayloadTooLarge
+from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
 from pixelmill.registry.lora_check import check_fits, compatible_bases, inspect_lora
 from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelEntry, ModelKind, ModelRegistry
 from pixelmill.services import Services
@@ -181,11 +181,9 @@ def _base_for(services: Services, base: str | None) -> ModelEntry:
     if base:
         return registry.resolve(ModelKind.checkpoint, base, param="base")
     candidates = [services.settings.model]
-    if services.runner is not None:
-        try:
-            candidates.append(services.runner.engine.info.model)
-        except ModelUnavailable:  # still loading
-            pass
+    info = services.backend.info if services.backend is not None else None
+    if info is not None:  # None while the model is still loading
+        candidates.append(info.model)
     for name in candidates:
         entry = registry.find(ModelKind.checkpoint, name) if name else None
         if entry is not None:

@@ -12,17 +12,22 @@ import asyncio
 import logging
 import signal
 
-from pixelmill.services import build_services
+from pixelmill.jobs.supervisor import WorkerState
+from pixelmill.server import build_services
 from pixelmill.settings import Settings
 
 log = logging.getLogger("pixelmill.worker")
 
 
-async def run_worker_process(settings: Settings) -> None:
-    """Run one worker until a signal stops it."""
+async def run_worker_process(settings: Settings) -> int:
+    """Run one worker until a signal stops it; the process exit status (1: the model failed).
+
+    A worker whose model cannot load has nothing to do: it exits non-zero, so a process
+    supervisor (systemd, Kubernetes) shows the failure instead of a healthy idle process.
+    """
     services = build_services(settings, workers=1)
-    runner, worker = services.runners[0], services.workers[0]
-    runner.start()
+    backend, worker = services.backends[0], services.workers[0]
+    backend.start()
     signals = 0
 
     def on_signal() -> None:
@@ -41,4 +46,8 @@ async def run_worker_process(settings: Settings) -> None:
         await worker.run()
     finally:
         await services.events.drain(timeout=5)
-        runner.shutdown()
+        backend.shutdown()
+    if worker.health.state is WorkerState.failed:
+        log.error("worker %s: cannot run: %s", worker.id, worker.health.reason)
+        return 1
+    return 0

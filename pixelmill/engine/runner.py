@@ -3,59 +3,52 @@
 One runner per device, one thread per runner: every load and every generation is a
 task on that thread, in order. That is what guarantees a pipeline is never used by two
 requests at once, while ``/health`` and every other route stay instant.
+
+:class:`EngineRunner` is the engine's implementation of
+:class:`~pixelmill.core.backend.GenerationBackend`: workers and the API see it only
+through that protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from pixelmill.core.types import GenerationRequest, JobResult, Progress
+from pixelmill.core.backend import BackendState, CancelToken, ProgressCallback
 from pixelmill.core.errors import ModelUnavailable
+from pixelmill.core.types import GenerationRequest, JobResult, Progress
 from pixelmill.registry.models_dir import ModelRegistry
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EngineState = BackendState
+"""Former name of :class:`~pixelmill.core.backend.BackendState` (kept for old imports)."""
 
-class EngineState(str, enum.Enum):
-    """Where the engine is in its life: loading its model, serving, or failed to load."""
-
-    loading = "loading"
-    ready = "ready"
-    failed = "failed"
-
-
-class CancelToken:
-    """Set by whoever wants a generation stopped; read by the engine between steps."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def canceled(self) -> bool:
-        return self._event.is_set()
+__all__ = ["CancelToken", "EngineRunner", "EngineState"]
 
 
 class EngineRunner:
-    """Owns one engine thread; async callers submit requests and await results."""
+    """Owns one engine thread; async callers submit requests and await results.
+
+    Implements :class:`~pixelmill.core.backend.GenerationBackend`.
+    """
 
     def __init__(self, settings: Settings, registry: ModelRegistry):
         self._settings = settings
         self._registry = registry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelmill-engine")
         self._engine = None
-        self.state = EngineState.loading
+        self.state = BackendState.loading
         self.error: str | None = None
         self.busy = False
+
+    @property
+    def info(self):
+        """The engine's :class:`~pixelmill.engine.engine.EngineInfo` once ready, else None."""
+        return self._engine.info if self._engine is not None and self.state is BackendState.ready else None
 
     def start(self) -> Future:
         """Build the engine and load its model on the engine thread (returns at once)."""
@@ -68,16 +61,16 @@ class EngineRunner:
             self._engine = Engine(self._settings, self._registry)
             info = self._engine.start()
         except Exception as exc:
-            self.state, self.error = EngineState.failed, str(exc)
+            self.state, self.error = BackendState.failed, str(exc) or type(exc).__name__
             log.error("the engine could not start: %s", exc)
             raise
-        self.state = EngineState.ready
+        self.state = BackendState.ready
         return info
 
     @property
     def engine(self):
         """The engine once it started; raises :class:`ModelUnavailable` before that."""
-        if self._engine is None or self.state is not EngineState.ready:
+        if self._engine is None or self.state is not BackendState.ready:
             raise ModelUnavailable(self.error or "the model is still loading; retry shortly", code="model_loading")
         return self._engine
 
@@ -85,7 +78,7 @@ class EngineRunner:
         self,
         request: GenerationRequest,
         *,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> JobResult:
         """Run ``request`` on the engine thread; cancels the generation if the caller is."""
@@ -96,7 +89,7 @@ class EngineRunner:
         self,
         requests: list[GenerationRequest],
         *,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> list[JobResult]:
         """Run compatible ``requests`` as one pipeline call on the engine thread."""

@@ -15,6 +15,18 @@ runs out and any worker or API host puts the job back in the queue (``reap_expir
 after ``max_attempts`` runs the job fails with ``worker_lost``. Every write a worker
 makes is guarded by (job, worker, attempt), so a late result from a stale attempt can
 never overwrite a newer one.
+
+The worker talks to its engine through :class:`~pixelmill.core.backend.GenerationBackend`
+only. How each kind of failure ends a job:
+
+* the backend raises a :class:`~pixelmill.core.errors.PixelmillError`: the job fails with
+  its code (``out_of_memory`` is retried within ``max_attempts``);
+* the backend raises anything else (it crashed mid-job): ``backend_error``, retried
+  within ``max_attempts``;
+* the backend returns a blank (NaN) image: that job fails with ``invalid_output``;
+* storing the results fails (the worker's fault, not the jobs'): the batch goes back to
+  the queue with its attempt counted (``storage_error`` once attempts run out) and the
+  worker is degraded until it can store again (see :mod:`pixelmill.jobs.supervisor`).
 """
 
 from __future__ import annotations
@@ -26,13 +38,15 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from pixelmill.core.backend import BackendState, CancelToken, GenerationBackend
 from pixelmill.core.batching import Arrivals, batch_key
-from pixelmill.core.types import JobRecord, JobResult, Progress
-from pixelmill.engine.runner import CancelToken, EngineRunner, EngineState
-from pixelmill.core.errors import GenerationCanceled, GenerationFailed, PixelmillError
+from pixelmill.core.errors import GenerationCanceled, GenerationFailed, ModelUnavailable, PixelmillError
+from pixelmill.core.types import JobRecord, JobResult, JobStatus, Progress
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
 from pixelmill.jobs.store import Completion, JobStore
+from pixelmill.jobs.supervisor import Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, supervise
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +56,11 @@ SEQUENTIAL_GAP_FACTOR = 5
 
 RETRYABLE_CODES = frozenset({"out_of_memory"})
 """Engine failures worth another attempt (transient); others fail the job at once."""
+PROBE_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010800000000"
+    "3a7e9b550000000a49444154789c636000000002000148afa4710000000049454e44ae426082"
+)
+"""A 1x1 PNG a degraded worker stores to learn whether storing results works again."""
 
 
 def default_worker_id() -> str:
@@ -90,13 +109,13 @@ class _Batch:
 
 
 class Worker:
-    """Claims jobs from the store and runs them on one engine, one at a time."""
+    """Claims jobs from the store and runs them on one backend, one batch at a time."""
 
     def __init__(
         self,
         settings: Settings,
         store: JobStore,
-        runner: EngineRunner,
+        backend: GenerationBackend,
         results,
         notifier: Notifier,
         events: JobEvents,
@@ -104,7 +123,7 @@ class Worker:
     ):
         self.settings = settings
         self.store = store
-        self.runner = runner
+        self.backend = backend
         self.results = results
         self.notifier = notifier
         self.events = events
@@ -114,12 +133,35 @@ class Worker:
         self._current: _Batch | None = None
         self._last_reap = 0.0
         self._arrivals = Arrivals(gap_s=settings.max_batch_wait_ms / 1000 * SEQUENTIAL_GAP_FACTOR)
+        self.health = WorkerHealth()
+        # Capped at the lease: a degraded worker looks again at least as often as a lease runs out.
+        self._backoff = Backoff(cap=max(1.0, settings.lease_s))
+
+    @property
+    def unavailable(self) -> ModelUnavailable | None:
+        """Why this worker cannot run a job now (None while it can, or may soon)."""
+        if self.backend.state is BackendState.failed:
+            return ModelUnavailable(f"the model failed to load: {self.backend.error}", code="model_unavailable")
+        if self.health.state is WorkerState.degraded:
+            return ModelUnavailable(self.health.reason or "the worker is degraded", code="worker_unavailable")
+        return None
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
-        """Serve jobs until :meth:`stop`; returns once the running job is finished or released."""
-        if not await self._engine_ready():
+        """Serve jobs until :meth:`stop`; returns once the running job is finished or released.
+
+        Supervised: an unexpected fault makes the worker ``degraded``; it checks again with
+        backoff and serves again once it can (see :mod:`pixelmill.jobs.supervisor`).
+        """
+        await supervise(self.id, self._serve, self.check, self.health, self._stop, self._backoff)
+        if self.health.state is not WorkerState.failed:
+            self.health.set(WorkerState.stopped)
+        log.info("worker %s: stopped", self.id)
+
+    async def _serve(self) -> None:
+        if not await self._backend_ready():
             return
+        self.health.set(WorkerState.ready)
         log.info("worker %s: ready", self.id)
         while not self._stop.is_set():
             await self._reap_if_due()
@@ -128,7 +170,18 @@ class Worker:
                 await self._execute(jobs)
             else:
                 await self._idle()
-        log.info("worker %s: stopped", self.id)
+
+    async def check(self) -> None:
+        """Raise unless this worker can work: the store answers and results can be stored.
+
+        Stores a 1-pixel probe image (swept with the expired results): only a write
+        proves that writing works again.
+        """
+        await asyncio.to_thread(self.store.count, JobStatus.queued)
+        try:
+            await asyncio.to_thread(self.results.put_many, [(PROBE_PNG, "image/png")])
+        except Exception as exc:
+            raise WorkerFault(describe_fault(exc, "storing results failed")) from exc
 
     async def _claim_batch(self) -> list[JobRecord]:
         """The oldest queued job plus compatible company, waiting briefly for more to arrive."""
@@ -150,11 +203,12 @@ class Worker:
     def _arrived(self, jobs: list[JobRecord]) -> None:
         self._arrivals.add([job.created_at.timestamp() for job in jobs])
 
-    async def _engine_ready(self) -> bool:
-        while self.runner.state is EngineState.loading and not self._stop.is_set():
+    async def _backend_ready(self) -> bool:
+        while self.backend.state is BackendState.loading and not self._stop.is_set():
             await asyncio.sleep(0.1)
-        if self.runner.state is EngineState.failed:
-            log.error("worker %s: the engine failed to start; not claiming jobs", self.id)
+        if self.backend.state is BackendState.failed:
+            self.health.set(WorkerState.failed, f"the model failed to load: {self.backend.error}")
+            log.error("worker %s: the backend failed to start; not claiming jobs", self.id)
             return False
         return not self._stop.is_set()
 
@@ -202,9 +256,19 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(batch))
         try:
             finished = await self._generate(batch)
+        except Exception as exc:
+            # Storing the outcome failed: the worker's fault, not the jobs'. They go back to
+            # the queue (attempt counted) and the supervisor degrades this worker.
+            reason = describe_fault(exc, "storing results failed")
+            await self._give_back(batch, reason)
+            raise WorkerFault(reason) from exc
         finally:
             heartbeat.cancel()
             self._current = None
+        self._backoff.reset()  # a batch went through: the next fault starts the backoff over
+        await self._announce(batch, finished)
+
+    async def _announce(self, batch: _Batch, finished: dict[str, JobRecord]) -> None:
         for run in batch.runs:
             # Waiters here rely on this worker's announcements (see notify), including that
             # a job it lost has moved on: they look again and learn who holds it now.
@@ -215,29 +279,53 @@ class Worker:
             if final.status.terminal:
                 self.events.completed(final)
 
+    async def _give_back(self, batch: _Batch, reason: str) -> None:
+        """Requeue a faulted batch's jobs (attempt counted; ``storage_error`` when none are left)."""
+        log.error("jobs %s: %s; back to the queue", [run.job.id for run in batch.runs], reason)
+        try:
+            await asyncio.gather(*(
+                self._guarded("fail", run, code="storage_error", message=reason, retry=True)
+                for run in batch.runs if not run.lease_lost
+            ))
+            await self._announce(batch, {})
+        except Exception:  # the store is unreachable too: the leases run out and the reaper requeues
+            log.exception("jobs %s: could not give the batch back", [run.job.id for run in batch.runs])
+
     async def _generate(self, batch: _Batch) -> dict[str, JobRecord]:
         """Run the batch and store its outcome; returns the jobs it completed, as stored."""
         requests = [run.job.request for run in batch.runs]
         try:
-            results = await self.runner.generate_batch(requests, on_progress=batch.on_progress, cancel=batch.token)
+            results = await self.backend.generate_batch(requests, on_progress=batch.on_progress, cancel=batch.token)
+            blank = await asyncio.to_thread(lambda: [blank_output_reason(result) for result in results])
         except GenerationCanceled:
             await asyncio.gather(*(self._interrupted(run) for run in batch.runs))
             return {}
         except PixelmillError as exc:
             retry = isinstance(exc, GenerationFailed) and exc.code in RETRYABLE_CODES
-            log.warning("jobs %s failed: %s", [r.job.id for r in batch.runs], exc.message)
-            await asyncio.gather(*(
-                self._guarded("fail", run, code=exc.code, message=exc.message, retry=retry) for run in batch.runs
-            ))
+            await self._fail_all(batch, exc.code, exc.message, retry=retry)
+            return {}
+        except Exception as exc:  # the backend crashed mid-job: another attempt may fare better
+            log.exception("jobs %s: the backend crashed", [r.job.id for r in batch.runs])
+            await self._fail_all(batch, "backend_error", describe_fault(exc, "the backend crashed"), retry=True)
             return {}
         done = []
-        for run, result in zip(batch.runs, results):
+        for run, result, reason in zip(batch.runs, results, blank):
             if run.cancel_requested:
                 # The batch finished for the others; a job canceled meanwhile discards its images.
                 await self._guarded("mark_canceled", run)
+            elif reason is not None and not run.lease_lost:
+                log.warning("job %s: %s", run.job.id, reason)
+                await self._guarded("fail", run, code=INVALID_OUTPUT, message=reason)
             elif not run.lease_lost:
                 done.append((run, result))
         return await self._complete(done)
+
+    async def _fail_all(self, batch: _Batch, code: str, message: str, *, retry: bool) -> None:
+        log.warning("jobs %s failed (%s): %s", [r.job.id for r in batch.runs], code, message)
+        await asyncio.gather(*(
+            self._guarded("fail", run, code=code, message=message, retry=retry)
+            for run in batch.runs if not run.lease_lost
+        ))
 
     async def _complete(self, done: list[tuple[_Run, JobResult]]) -> dict[str, JobRecord]:
         """Store the images of a batch's finished jobs, then complete the jobs.

@@ -3,6 +3,7 @@
 Simulates a request that crashes the engine every time (a segfault, the kernel's
 OOM killer): the real worker claims the job, then the process dies without a word.
 Run as ``python -m tests.fakes.crash_mid_job``; configure with ``PIXELMILL_*``.
+(The in-process crash, an exception, is :mod:`tests.support.backends.crash_mid_job`.)
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import os
 
-from pixelmill.engine.runner import EngineState
 from pixelmill.services import build_services
 from pixelmill.settings import load_settings
+from tests.support.backends.base import FakeBackend
 
 
-def _crash(requests, report, token):
-    os._exit(137)  # what SIGKILL looks like to the parent: no cleanup, no goodbye
+class KillsItsProcess(FakeBackend):
+    """Ready at once (no model needed); the first step of any job ends the process."""
+
+    def on_step(self, step: int, total: int) -> None:
+        os._exit(137)  # what SIGKILL looks like to the parent: no cleanup, no goodbye
 
 
 async def main() -> None:
-    services = build_services(load_settings(), workers=1)
-    runner = services.runners[0]
-    runner.state = EngineState.ready  # no model needed: the fake never gets that far
-    runner._run = _crash
+    services = build_services(load_settings(), workers=1, backend_factory=lambda _s, _r: KillsItsProcess())
+    services.backends[0].start()
     await services.workers[0].run()
 
 

@@ -18,7 +18,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance  # noqa: E402
 
-from pixelmill.api.app import create_app  # noqa: E402
+from pixelmill.server import build_app  # noqa: E402
 from pixelmill.auth.store import KeyStore  # noqa: E402
 from pixelmill.jobs.store import JobStore  # noqa: E402
 from pixelmill.settings import Settings  # noqa: E402
@@ -26,7 +26,7 @@ from pixelmill.settings import Settings  # noqa: E402
 WORKDIR = Path(__import__("tempfile").mkdtemp(prefix="pixelmill-fuzz-"))
 DB = f"sqlite:///{WORKDIR / 'jobs.db'}"
 ADMIN_KEY = KeyStore(JobStore.open(DB).engine).create("fuzz-admin", scope="admin")[1]
-APP = create_app(Settings(
+APP = build_app(Settings(
     models_dir=WORKDIR / "models", data_dir=WORKDIR / "data", db=DB, workers=0,
     sync_timeout_s=0.05, poll_interval_s=0.02, max_queued=100_000,
 ))

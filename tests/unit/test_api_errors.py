@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from pixelmill.core import errors
-from pixelmill.api.app import create_app
+from pixelmill.server import build_app
 from pixelmill.api.errors import STATUS_TABLE, status_of
 from pixelmill.settings import Settings
 
@@ -17,7 +17,7 @@ from pixelmill.settings import Settings
 def app(tmp_path):
     # The app is built but its lifespan is not run: the engine never starts, so the
     # server is "loading" — exactly the state these tests need.
-    application = create_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data"))
+    application = build_app(Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data"))
 
     @application.get("/boom")
     async def boom():
@@ -114,7 +114,7 @@ def test_unknown_route_is_404_envelope(app):
 
 def test_full_queue_is_429_with_retry_after_and_stores_nothing(tmp_path):
     settings = Settings(models_dir=tmp_path / "m", data_dir=tmp_path / "d", workers=0, max_queued=3)
-    application = create_app(settings)
+    application = build_app(settings)
     body = {"prompt": "x", "width": 64, "height": 64}
     for _ in range(3):
         assert call(application, "POST", "/v1/jobs", json=body).status_code == 202

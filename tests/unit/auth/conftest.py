@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from pixelmill.api.app import create_app
+from pixelmill.server import build_app
 from pixelmill.settings import Settings
 
 JOB = {"prompt": "x", "width": 64, "height": 64, "steps": 1}
@@ -42,6 +42,6 @@ class App:
 def make_app(tmp_path):
     def make(**settings) -> App:
         base = {"models_dir": tmp_path / "models", "data_dir": tmp_path / "data", "workers": 0}
-        return App(create_app(Settings(**(base | settings))))
+        return App(build_app(Settings(**(base | settings))))
 
     return make
