@@ -14,11 +14,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pixelmill.cli.options import with_settings
+from pixelmill.cli.options import COST, App, with_settings
 from pixelmill.settings import Settings
 
-cost_app = typer.Typer(
-    help="Build versus buy: what your images cost self-hosted and on hosted APIs, and the crossover.",
+cost_app = App(
+    help="Build versus buy: what your images cost self-hosted and on hosted APIs, and the crossover.\n\n"
+         "The cost file (--config, or --cost-config / PIXELMILL_COST_CONFIG for the server) is TOML: "
+         "a [self_hosted] table (gpu_hour, overhead_month, gpu_month, hours_per_month, utilisation, "
+         "compare_to) and [[offer]] tables (provider, model, price_per_image or price_per_megapixel, "
+         "checked); offers in it replace the shipped price list.",
     no_args_is_help=True,
 )
 # Wide when piped: tables cut to 80 columns are unreadable in logs and CI output.
@@ -116,7 +120,7 @@ def _load_report(settings: Settings, since: str, config: Path | None, invoice: P
 
 
 @cost_app.command()
-@with_settings
+@with_settings(*COST)
 def report(
     settings: Settings,
     since: SinceOpt = "30d",
@@ -136,7 +140,7 @@ def report(
 
 
 @cost_app.command()
-@with_settings
+@with_settings(*COST)
 def plot(
     settings: Settings,
     output: Annotated[Path, typer.Option("-o", "--output", help="Image file (.png, .svg, .pdf).")] = Path("curves.png"),

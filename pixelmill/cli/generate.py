@@ -1,7 +1,9 @@
 """``pixelmill generate``: against a server (native API, SSE progress) or in-process.
 
 Both paths build the same native request body and write the same files, so the CLI
-behaves the same whether the engine runs here or on a GPU box.
+behaves the same whether the engine runs here or on a GPU box. The output's suffix and
+``--format`` must agree (a ``.png`` file never holds JPEG bytes), and ``--server`` takes
+the URL the way OpenAI clients write it too (``…/v1``).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,8 @@ class GenerateOptions:
     """What the user asked ``pixelmill generate`` for."""
 
     prompt: str
-    output: Path
+    output: Path | None = None
+    """None: ``image.<format>``."""
     seed: int = -1
     n: int = 1
     size: str | None = None
@@ -32,7 +35,8 @@ class GenerateOptions:
     scheduler: str | None = None
     negative_prompt: str = ""
     model: str | None = None
-    output_format: str = "png"
+    output_format: str | None = None
+    """None: the format the output's suffix names, else png."""
 
     def body(self) -> dict:
         """The native ``/v1/generate`` body for these options."""
@@ -47,6 +51,42 @@ class GenerateOptions:
                 raise typer.BadParameter("size must look like 1024x1024", param_hint="--size")
             body |= {"width": int(width), "height": int(height)}
         return {k: v for k, v in body.items() if v is not None}
+
+
+SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+"""Output suffixes and the format each one means."""
+_SUFFIX_OF = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def resolve_output(options: GenerateOptions) -> GenerateOptions:
+    """Settle the output file and format so that the file's suffix says what it holds.
+
+    ``-o x.jpg`` alone writes JPEG; ``--format webp`` alone writes ``image.webp``; a
+    suffix that names another format than ``--format`` (or none pixelmill writes) is refused.
+    """
+    fmt, output = options.output_format, options.output
+    if output is None:
+        fmt = fmt or "png"
+        return replace(options, output=Path("image" + _SUFFIX_OF[fmt]), output_format=fmt)
+    suffix = output.suffix.lower()
+    if suffix and suffix not in SUFFIXES:
+        raise typer.BadParameter(f"{output.name}: pixelmill writes .png, .jpg or .webp files",
+                                 param_hint="'-o' / '--output'")
+    implied = SUFFIXES.get(suffix)
+    if fmt and implied and fmt != implied:
+        raise typer.BadParameter(
+            f"--format {fmt} would write {fmt.upper()} bytes into {output.name}: "
+            f"use -o {output.with_suffix(_SUFFIX_OF[fmt]).name}, or leave out --format to write {implied}",
+            param_hint="'--format'")
+    return replace(options, output_format=fmt or implied or "png")
+
+
+def server_base(server: str) -> str:
+    """The server's base URL: a scheme added if missing, a trailing ``/v1`` (OpenAI style) dropped."""
+    base = server.strip().rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    return base.removesuffix("/v1").rstrip("/")
 
 
 def _progress_bar(console: Console) -> Progress:
@@ -72,13 +112,12 @@ def _generate_remote(options: GenerateOptions, server: str, api_key: str | None,
     headers = {"Accept": "text/event-stream"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    url = server.rstrip("/") + "/v1/generate"
+    url = server_base(server) + "/v1/generate"
     with _progress_bar(console) as bar, httpx.stream(
         "POST", url, json=options.body(), headers=headers, timeout=httpx.Timeout(30, read=None)
     ) as response:
         if response.status_code != 200:
-            response.read()
-            _fail(console, response.json().get("error", {}) if response.headers.get("content-type", "").startswith("application/json") else {"message": response.text})
+            _fail(console, _http_error(response, url, api_key))
         task = bar.add_task("generate", total=None)
         for event, data in _sse_events(response):
             if event == "progress":
@@ -89,6 +128,23 @@ def _generate_remote(options: GenerateOptions, server: str, api_key: str | None,
                 _fail(console, data.get("error", {}))
     _fail(console, {"message": "the server closed the stream without a result"})
     raise AssertionError("unreachable")
+
+
+def _http_error(response: httpx.Response, url: str, api_key: str | None) -> dict:
+    """The error of a refused request, with what to do about it where the CLI knows."""
+    response.read()
+    error: dict = {}
+    if response.headers.get("content-type", "").startswith("application/json"):
+        error = dict(response.json().get("error") or {})
+    error.setdefault("message", response.text.strip()[:300] or f"HTTP {response.status_code}")
+    if response.status_code == 401:
+        given = "the key given (--api-key / PIXELMILL_API_KEY) was refused" if api_key else (
+            "this server needs an API key: pass --api-key KEY or set PIXELMILL_API_KEY")
+        error["message"] = f"{given} ({error['message']})"
+    elif response.status_code == 404:
+        error["message"] = (f"{url} does not exist: is --server the base URL of a pixelmill server, "
+                            f"e.g. http://host:8000? ({error['message']})")
+    return error
 
 
 def _generate_local(options: GenerateOptions, models_dir: Path | None, console: Console) -> dict:
@@ -129,6 +185,7 @@ def run_generate(options: GenerateOptions, *, server: str | None, models_dir: Pa
     """Generate, write the files, and print each file with its seed."""
     from pixelmill.core.errors import PixelmillError
 
+    options = resolve_output(options)  # before any work: a mismatched -o fails at once
     try:
         if server:
             result = _generate_remote(options, server, api_key, console)
@@ -140,6 +197,7 @@ def run_generate(options: GenerateOptions, *, server: str | None, models_dir: Pa
     except PixelmillError as exc:
         _fail(console, {"message": exc.message, "param": exc.param})
         return
+    assert options.output is not None  # resolve_output set it
     for path, image in zip(_output_paths(options.output, len(result["images"])), result["images"]):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(image["b64_json"]))

@@ -20,10 +20,10 @@ from pixelmill import __version__
 from pixelmill.cli.keys import app as keys_app
 from pixelmill.cli.keys import check_bind_address
 from pixelmill.cli.cost import cost_app
-from pixelmill.cli.options import with_settings
+from pixelmill.cli.options import WORKER, App, with_settings
 from pixelmill.settings import Settings
 
-app = typer.Typer(
+app = App(
     help="pixelmill: self-hosted image generation with OpenAI-compatible APIs.",
     no_args_is_help=True,
     add_completion=False,
@@ -31,6 +31,23 @@ app = typer.Typer(
 console = Console(stderr=True)
 app.add_typer(cost_app, name="cost")
 app.add_typer(keys_app, name="keys")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pixelmill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """pixelmill: self-hosted image generation with OpenAI-compatible APIs."""
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def _configure_logging(level: str) -> None:
@@ -44,18 +61,20 @@ def _configure_logging(level: str) -> None:
 @with_settings
 def serve(
     settings: Settings,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="How much the log says.")] = "info",
 ) -> None:
     """Start the HTTP server (OpenAI Images API at /v1, docs at /docs)."""
     import uvicorn
 
-    from pixelmill.api.app import create_app
+    from pixelmill.server import build_app
 
     _configure_logging(log_level)
     _check_model_choice(settings)
     check_bind_address(settings)
     console.print(f"pixelmill {__version__}: http://{settings.host}:{settings.port}  (docs at /docs)")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False)
+    # timeout_graceful_shutdown: on SIGTERM, requests still open after it are ended (503, see api.middleware).
+    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=settings.shutdown_timeout_s)
 
 
 def _check_model_choice(settings: Settings) -> None:
@@ -76,19 +95,23 @@ def _check_model_choice(settings: Settings) -> None:
 
 
 @app.command()
-@with_settings
+@with_settings(*WORKER)
 def worker(
     settings: Settings,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="How much the log says.")] = "info",
 ) -> None:
-    """Run a worker: claim jobs from --db and generate them (no HTTP server)."""
+    """Run a worker: claim jobs from --db and generate them (no HTTP server).
+
+    Shows the settings a worker reads; the others (network, limits, …) are the API
+    server's, and a worker never uses them.
+    """
     import asyncio
 
     from pixelmill.cli.worker import run_worker_process
 
     _configure_logging(log_level)
     _check_model_choice(settings)
-    asyncio.run(run_worker_process(settings))
+    raise typer.Exit(asyncio.run(run_worker_process(settings)))
 
 
 @app.command("demo-model")
@@ -108,7 +131,7 @@ def demo_model(
 
 
 @app.command()
-@with_settings
+@with_settings("models_dir")
 def models(settings: Settings) -> None:
     """List the checkpoints, LoRAs and ControlNets in the models directory."""
     from pixelmill.registry.models_dir import ModelKind, ModelRegistry
@@ -128,8 +151,13 @@ def models(settings: Settings) -> None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="File to write (n>1: name-1.png, …).")] = Path("image.png"),
-    server: Annotated[str | None, typer.Option(help="Server URL; without it, generate in this process.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", show_default=False,
+        help="File to write (n>1: name-1.png, …); its suffix sets the format. Default: image.png "
+             "(image.jpg, image.webp with --format).")] = None,
+    server: Annotated[str | None, typer.Option(
+        help="Server URL, e.g. http://gpu-box:8000 (a trailing /v1 is fine); without it, generate in this process.",
+    )] = None,
     seed: Annotated[int, typer.Option(help="-1 = random.")] = -1,
     n: Annotated[int, typer.Option(help="Number of images.")] = 1,
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT; default: the model's native size.")] = None,
@@ -138,9 +166,13 @@ def generate(
     scheduler: Annotated[str | None, typer.Option(help="e.g. euler_a, dpmpp_2m_karras.")] = None,
     negative_prompt: Annotated[str, typer.Option(help="What to avoid.")] = "",
     model: Annotated[str | None, typer.Option(help="Model name (default: the server's).")] = None,
-    output_format: Annotated[Literal["png", "jpeg", "webp"], typer.Option("--format")] = "png",
+    output_format: Annotated[Literal["png", "jpeg", "webp"] | None, typer.Option(
+        "--format", show_default=False,
+        help="Image format. Default: the --output suffix's, else png. Must match the suffix.")] = None,
     models_dir: Annotated[Path | None, typer.Option(help="Local mode: models directory.")] = None,
-    api_key: Annotated[str | None, typer.Option(envvar="PIXELMILL_API_KEY", help="Bearer key for the server.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="PIXELMILL_API_KEY", show_envvar=True,
+        help="API key for --server (needed once the server has keys).")] = None,
 ) -> None:
     """Generate images with a progress bar; prints the seed used."""
     from pixelmill.cli.generate import GenerateOptions, run_generate

@@ -4,6 +4,8 @@
   volume ``N*``, the dedicated-fleet step curve, the few-step what-if.
 * :mod:`~pixelmill.cost.prices` — hosted price tables and the self-hosted configuration.
 * :mod:`~pixelmill.cost.ledger` — turns the job store's ledger into a :class:`CostReport`.
+* :mod:`~pixelmill.cost.scenario` — what-ifs on a report (the dashboard's sliders), computed
+  by the same functions as the report's verdict.
 * :mod:`~pixelmill.cost.invoice` — a hosted API's invoice (CSV) on the same curves.
 * :mod:`~pixelmill.cost.plot` — the cost curves as a PNG (matplotlib, Agg).
 * :mod:`~pixelmill.cost.alerts` — tell people when the trailing volume crosses ``N*``.

@@ -10,8 +10,8 @@ Symbols (per month, US dollars):
 
 A dedicated fleet rents whole GPUs by the month (``M`` each); one GPU makes at most
 ``capacity = r · hours_per_month · utilisation`` images, so its cost is the step function
-``ceil(N / capacity) · M + E``. The dashboard's script (``api/static/dashboard.js``)
-implements the same formulas; a browser test keeps the two in agreement.
+``ceil(N / capacity) · M + E``. The dashboard (``api/static/dashboard.js``) computes none
+of this: it asks ``/v1/cost/summary`` for a what-if (:mod:`pixelmill.cost.scenario`).
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ class StepsModel:
     fixed_s: float
     per_step_s: float
     basis: Literal["measured", "assumed"]
+    anchor_steps: int | None = None
+    """``assumed`` only: the measured step count the proportionality is anchored at."""
 
     def rate(self, steps: int) -> float:
         """Images per GPU-hour at ``steps`` denoising steps."""
@@ -154,7 +156,7 @@ class StepsModel:
 def proportional_steps_model(rate: float, steps: int) -> StepsModel:
     """The assumption ``r ∝ 1/steps``, anchored at one measured ``rate`` for ``steps``."""
     _check_positive(rate=rate, steps=steps)
-    return StepsModel(fixed_s=0.0, per_step_s=3600.0 / rate / steps, basis="assumed")
+    return StepsModel(fixed_s=0.0, per_step_s=3600.0 / rate / steps, basis="assumed", anchor_steps=steps)
 
 
 def fit_steps_model(rates: dict[int, float], weights: dict[int, float] | None = None) -> StepsModel | None:

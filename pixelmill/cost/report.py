@@ -239,7 +239,7 @@ def build_report(
     price = next(row.price_per_image for row in offers if row.name == reference.name)
     rates, weights = ledger.step_rates()
     steps_model = m.fit_steps_model(rates, weights)
-    notes = _notes(ledger, steps_model, r, config)
+    notes = _notes(ledger, steps_model, sorted(rates), r, config)
     volume = ledger.trailing_volume
     return CostReport(
         since=ledger.since, until=ledger.until, days=ledger.days, jobs=ledger.total.jobs,
@@ -256,7 +256,23 @@ def build_report(
     )
 
 
-def _notes(ledger: LedgerSummary, steps_model: m.StepsModel | None, rate: float | None, config: CostConfig) -> list[str]:
+def _steps_note(steps_model: m.StepsModel, measured: list[int]) -> str:
+    """Why the what-if assumes ``r ∝ 1/steps``: one step count measured, or a fit that failed.
+
+    The what-if table always lists several step counts, so the note must say which of
+    them were measured (the issue was "data for one step count only" above seven rows).
+    """
+    assumption = (f"few-step what-if assumes time per image proportional to steps (r ∝ 1/steps) "
+                  f"from the {steps_model.anchor_steps}-step measurement")
+    if len(measured) <= 1:
+        return f"{assumption}: the ledger measured one step count only, so r at other step counts is extrapolated"
+    counts = ", ".join(map(str, measured))
+    return (f"{assumption}: the times measured at {len(measured)} step counts ({counts}) do not fit a line "
+            "with a positive time per step (too few or too noisy jobs)")
+
+
+def _notes(ledger: LedgerSummary, steps_model: m.StepsModel | None, measured_steps: list[int], rate: float | None,
+           config: CostConfig) -> list[str]:
     notes = []
     if config.prices_source == "pixelmill defaults":
         oldest = min(offer.checked for offer in config.offers)
@@ -265,8 +281,7 @@ def _notes(ledger: LedgerSummary, steps_model: m.StepsModel | None, rate: float 
     if rate is None:
         notes.append("no measured rate yet: no succeeded job recorded GPU time (pass --rate to assume one)")
     if steps_model is not None and steps_model.basis == "assumed":
-        notes.append("few-step what-if assumes time per image proportional to steps (r ∝ 1/steps): "
-                     "the ledger has data for one step count only")
+        notes.append(_steps_note(steps_model, measured_steps))
     if ledger.days < TRAILING_DAYS:
         notes.append(f"the trailing volume counts {TRAILING_DAYS} days ending now; the ledger may hold less")
     return notes

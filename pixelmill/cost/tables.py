@@ -57,9 +57,18 @@ def _keys_table(report: CostReport) -> Table:
     return table
 
 
+def _what_if_basis(report: CostReport) -> str:
+    """How the what-if got r at other step counts: a fitted line, or the r ∝ 1/steps assumption."""
+    model = report.steps_model or {}
+    if model.get("basis") == "measured":
+        measured = sorted({row.steps for row in report.rates})
+        return f"few-step what-if: time per step fitted to the measured step counts {', '.join(map(str, measured))}"
+    anchor = model.get("anchor_steps")
+    return f"few-step what-if: r ∝ 1/steps assumed from the {anchor}-step measurement (see the notes)"
+
+
 def _what_if_table(report: CostReport) -> Table:
-    basis = (report.steps_model or {}).get("basis", "")
-    table = Table(title=f"few-step what-if (r from steps: {basis})")
+    table = Table(title="few-step what-if")
     for column in ("steps", "r (images/GPU-h)", "N* (images/month)"):
         table.add_column(column, justify="right")
     for row in report.what_if:
@@ -77,6 +86,7 @@ def print_report(console: Console, report: CostReport) -> None:
         console.print(_rates_table(report))
     if report.what_if:
         console.print(_what_if_table(report))
+        console.print(_what_if_basis(report))
     if report.per_key:
         console.print(_keys_table(report))
     if report.dedicated:

@@ -23,17 +23,27 @@ so loading it while sharing the base's copies changes nothing.
 Output is deterministic: all random initialisation runs under fixed seeds inside
 ``torch.random.fork_rng`` (so the caller's global RNG is untouched), and nothing
 time-dependent is written, so the same pixelmill/diffusers versions give the same bytes.
+
+Writing is atomic (see :func:`write_demo_models`): the server's fallback folder
+(``<data dir>/demo-models``) carries a manifest, and a folder whose manifest is missing or
+does not match its files is written again instead of being reused
+(:mod:`pixelmill.registry.manifest`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from pixelmill.registry.manifest import DEMO_MODELS_KIND, MANIFEST_NAME, publish, staging_folder, write_manifest
 
 DEMO_MODEL_NAME = "demo"
 DEMO_LORA_NAME = "demo-style"
@@ -93,14 +103,42 @@ SDXL_SCHEDULER_CONFIG = {
 }
 
 
+# Moved into a shared models directory in this order: the checkpoint last, so a reader that
+# finds checkpoints/demo/model_index.json also finds the refiner, LoRA and ControlNet.
+_ITEMS = (f"controlnets/{DEMO_CONTROLNET_NAME}", f"loras/{DEMO_LORA_NAME}.safetensors",
+          f"checkpoints/{DEMO_REFINER_NAME}", f"checkpoints/{DEMO_MODEL_NAME}")
+
+
 def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny") -> None:
     """Write the demo checkpoint, refiner, LoRA and ControlNet under ``models_dir``.
 
-    Existing demo outputs are replaced; other files in ``models_dir`` are left alone.
+    Never leaves a half-written model where a reader could take it for a whole one:
+    everything is built in a temporary folder next to ``models_dir`` first. A folder of
+    its own (absent, empty, or an earlier demo folder: the server's ``<data dir>/demo-
+    models``) gets a manifest and is renamed into place in one step. Into a shared models
+    directory each model is renamed into place, replacing an earlier demo output, and
+    other files there are left alone.
     """
-    spec = SIZES[size]
-    models_dir = Path(models_dir)
-    with torch.random.fork_rng(devices=[]):
+    target = Path(models_dir)
+    staged = staging_folder(target)
+    try:
+        _write_all(staged, SIZES[size])
+        # A manifest marks a folder this function wrote whole: it is replaced whole again.
+        own_folder = not target.exists() or not any(target.iterdir()) or (target / MANIFEST_NAME).exists()
+        if own_folder:
+            write_manifest(staged, kind=DEMO_MODELS_KIND, details={"size": size})
+            publish(staged, target)
+            return
+        for item in _ITEMS:
+            (target / item).parent.mkdir(parents=True, exist_ok=True)
+            publish(staged / item, target / item)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)  # gone already when published whole
+
+
+def _write_all(models_dir: Path, spec: DemoSize) -> None:
+    """Write every demo model into the (new, empty) folder ``models_dir``."""
+    with _quiet_libraries(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         pipe = build_demo_pipeline(spec)
         _save_dir(models_dir / "checkpoints" / DEMO_MODEL_NAME, pipe.save_pretrained)
@@ -108,6 +146,65 @@ def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny")
         _write_refiner(pipe, spec, models_dir / "checkpoints" / DEMO_REFINER_NAME)
         # Last, because adding adapters mutates the in-memory components.
         _write_lora(pipe, spec, models_dir / "loras")
+
+
+# What a failed default-model load usually means, recognised in the loader's message.
+_FALLBACK_CAUSES = (
+    (("not fully cached", "localentrynotfound", "outgoing traffic has been disabled", "couldn't connect",
+      "connection", "offline"),
+     "is not in the Hugging Face cache and could not be downloaded (offline, or HF_HUB_OFFLINE is set)"),
+    (("gated", "401", "403", "unauthorized", "restricted"),
+     "could not be downloaded: the Hub refused it (log in with `hf auth login` for a gated model)"),
+    (("out of memory", "outofmemory"), "does not fit in this device's memory"),
+)
+_STACK_TRACE = re.compile(r"[^.(]*\b(stack ?trace|traceback)\b[^.)]*\.?", re.IGNORECASE)
+
+
+def fallback_message(model: str, reason: str) -> str:
+    """The two log lines a server prints when it falls back to the demo model.
+
+    ``reason`` is the loader's error, which can end in "check out the root cause in the
+    stacktrace above" (huggingface_hub's wording) although no stack trace is logged: say
+    what happened in words instead, and keep the raw error only when it is not recognised.
+    """
+    lowered = reason.lower()
+    cause = next((text for needles, text in _FALLBACK_CAUSES if any(n in lowered for n in needles)), None)
+    if cause is None:
+        detail = " ".join(_STACK_TRACE.sub("", reason).split())
+        cause = f"could not be loaded ({detail[:200].rstrip(' .;:')})"
+    return (f"No --model set and {model} {cause}: serving the random-weight DEMO model, images will be noise.\n"
+            "Set --model / PIXELMILL_MODEL to a checkpoint (a name in --models-dir, a path or a hub id) "
+            "to serve real images.")
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Silence the libraries' chatter while the demo is written, then restore their settings.
+
+    Writing random weights says nothing a user can act on, yet transformers warns that
+    ``CLIPImageProcessor`` requires torchvision (the demo never processes images) and
+    every ``save_pretrained`` draws a "Writing model shards" progress bar.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled())
+             for lib in (transformers_logging, diffusers_logging)]
+    hub_bars_on = not hub_utils.are_progress_bars_disabled()
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        for lib, verbosity, bars_on in saved:
+            lib.set_verbosity(verbosity)
+            if bars_on:
+                lib.enable_progress_bar()
+        if hub_bars_on:
+            hub_utils.enable_progress_bars()
 
 
 def build_demo_pipeline(spec: DemoSize):

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from pixelmill import __version__
 from pixelmill.core.policy import as_resolved
-from pixelmill.core.types import GeneratedImage, GenerationRequest, JobResult, Mode, OutputFormat
+from pixelmill.core.types import GeneratedImage, GenerationRequest, JobResult, OutputFormat
 from pixelmill.engine.generation import prompt_length_groups, run_batch
-from pixelmill.images.codecs import a1111_parameters, encode_image
+from pixelmill.images.codecs import encode_image, generation_infotext
 from pixelmill.engine.models import ModelSource, load_source, resolve_source
 from pixelmill.core.errors import GenerationFailed, ModelUnavailable, PixelmillError
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry
@@ -107,12 +107,9 @@ class Engine:
             self._set_default(ModelSource(DEFAULT_HUB_MODEL, "hub", DEFAULT_HUB_MODEL))
             return
         except ModelUnavailable as exc:
-            log.warning(
-                "\n%s\n  No model configured and %s could not be loaded (%s).\n"
-                "  SERVING THE RANDOM-WEIGHT DEMO MODEL: images will be noise.\n"
-                "  Set --model / PIXELMILL_MODEL to a checkpoint to serve real images.\n%s",
-                "!" * 78, DEFAULT_HUB_MODEL, exc.message, "!" * 78,
-            )
+            from pixelmill.engine.demo import fallback_message
+
+            log.warning("%s", fallback_message(DEFAULT_HUB_MODEL, exc.message))
         self._set_default(self._demo_source())
 
     def _demo_source(self) -> ModelSource:
@@ -276,18 +273,10 @@ class Engine:
                               width=image.width, height=image.height)
 
     def _encode(self, request: GenerationRequest, model: str, sampler: str, image, seed: int) -> GeneratedImage:
-        extra: dict[str, object] = {}
-        if request.mode is not Mode.txt2img:
-            extra["Denoising strength"] = request.strength
-        if request.mode is Mode.inpaint:
-            extra["Mask blur"] = request.mask_blur
-        if request.clip_skip:
-            extra["Clip skip"] = request.clip_skip
-        extra["Version"] = f"pixelmill {__version__}"
-        parameters = a1111_parameters(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-            sampler=sampler, cfg_scale=request.guidance, seed=seed, width=image.width,
-            height=image.height, model=model, extra=extra,
+        # The resolved request in A1111's conventions: LoRA tags, ControlNet units, refiner, clip skip.
+        parameters = generation_infotext(
+            request, model=model, sampler=sampler, seed=seed, width=image.width, height=image.height,
+            version=f"pixelmill {__version__}",
         )
         data = encode_image(image, request.output_format, quality=request.output_quality, parameters=parameters)
         return GeneratedImage(

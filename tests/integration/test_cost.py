@@ -139,6 +139,21 @@ def test_dashboard_is_served(server):
     page = httpx.get(f"{server.url}/dashboard", timeout=10)
     assert page.status_code == 200 and "<canvas" in page.text and "/dashboard/dashboard.js" in page.text
     script = httpx.get(f"{server.url}/dashboard/dashboard.js", timeout=10)
-    assert script.status_code == 200 and "function crossoverVolume" in script.text
+    assert script.status_code == 200 and "/v1/cost/summary" in script.text
+    assert "function crossoverVolume" not in script.text  # the page computes no verdict of its own
     assert httpx.get(f"{server.url}/dashboard/secret.txt", timeout=10).status_code == 404
     assert httpx.get(f"{server.url}/v1/cost/summary?since=soon", timeout=10).status_code == 400
+
+
+def test_summary_answers_what_if_parameters_with_the_reports_computation(server):
+    httpx.post(f"{server.url}/v1/images/generations", json={"prompt": "p", "size": "64x64"}, timeout=120)
+    summary = httpx.get(f"{server.url}/v1/cost/summary", timeout=10).json()
+    assert summary["scenario"]["verdict"] == summary["verdict"]  # no what-if: the report's own verdict
+    params = {"price": "0.000613", "gpu_hour": repr(0.000608 * summary["rate"]), "overhead": "2000", "volume": "5000"}
+    what_if = httpx.get(f"{server.url}/v1/cost/summary", params=params, timeout=10).json()["scenario"]
+    assert what_if["price"] == 0.000613 and what_if["rate"] == summary["rate"]
+    assert what_if["crossover"] == pytest.approx(2000 / 0.000005, rel=1e-6)
+    assert "at 5,000 images/month you are below the crossover of 400,000,000" in what_if["verdict"]["message"]
+    for bad in ({"rate": "0"}, {"price": "inf"}, {"steps": "0"}, {"price": "-1"}):
+        answer = httpx.get(f"{server.url}/v1/cost/summary", params=bad, timeout=10)
+        assert answer.status_code == 400, (bad, answer.text)

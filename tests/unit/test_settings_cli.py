@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pixelmill.cli import main as cli
@@ -83,3 +84,40 @@ def test_readme_test_command_is_what_ci_runs():
     readme = (root / "README.md").read_text()
     command = "scripts/bootstrap.sh --test && .venv/bin/python -m pytest"
     assert command in ci and command in readme
+
+
+def test_every_setting_is_in_exactly_one_help_section():
+    from pixelmill.cli.options import SECTIONS
+
+    named = [name for names in SECTIONS.values() for name in names]
+    assert sorted(named) == sorted(Settings.model_fields), "add the new setting to a section in cli/options.py"
+
+
+def test_with_settings_adds_only_the_named_settings():
+    import typer.main
+
+    from pixelmill.cli.options import expand
+
+    @with_settings("Storage", "port")
+    def command(settings: Settings) -> None:
+        pass
+
+    app = typer.Typer()
+    app.command()(command)
+    params = typer.main.get_command(app).params
+    names = ("port", "data_dir", "db", "result_store", "result_retention_s")
+    assert [p.name for p in params if p.name.startswith("setting_")] == [f"setting_{n}" for n in names]
+    assert expand(["port", "Storage"]) == ["port", "data_dir", "db", "result_store", "result_retention_s"]
+    with pytest.raises(ValueError, match="neither a settings section nor a setting"):
+        expand(["Storge"])
+
+
+def test_setting_help_is_plain_text_with_default_and_variable():
+    from pixelmill.cli.options import plain, setting_help
+
+    assert plain("e.g. ``https://app.example.com``, see :class:`~pixelmill.settings.Settings`") == (
+        "e.g. https://app.example.com, see pixelmill.settings.Settings")
+    text = setting_help("cors_origins")
+    assert "https://app.example.com" in text and "``" not in text
+    assert "default: none" in text and "PIXELMILL_CORS_ORIGINS, a JSON list" in text
+    assert "PIXELMILL_MODEL]" in setting_help("model") and "default:" not in setting_help("model")

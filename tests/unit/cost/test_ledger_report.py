@@ -100,3 +100,33 @@ def test_per_megapixel_offer_priced_at_the_ledger_sizes():
     report = build_report(ledger, config())
     fal = next(o for o in report.offers if o.provider == "fal")
     assert fal.price_per_image == pytest.approx(0.035 * 512 * 512 / 1e6)
+
+
+def _printed(report) -> str:
+    from rich.console import Console
+
+    from pixelmill.cost.tables import print_report
+
+    console = Console(record=True, width=200)
+    print_report(console, report)
+    return console.export_text()
+
+
+def test_steps_note_with_one_measured_step_count():
+    report = build_report(summarize([job(1, 600, 3600.0)], since=NOW - timedelta(days=30), now=NOW), config())
+    [note] = [n for n in report.notes if "r ∝ 1/steps" in n]
+    assert "from the 30-step measurement" in note and "measured one step count only" in note
+    assert "r ∝ 1/steps assumed from the 30-step measurement" in _printed(report)
+
+
+def test_steps_note_when_several_step_counts_do_not_fit_a_line():
+    # Seven step counts whose time per image falls as steps rise (noise on a tiny model):
+    # the fit is unusable, but the ledger did measure seven step counts, not one.
+    steps = (1, 2, 4, 8, 20, 30, 50)
+    records = [job(1, 10, 10.0 - i, steps=s) for i, s in enumerate(steps)]
+    report = build_report(summarize(records, since=NOW - timedelta(days=30), now=NOW), config())
+    assert report.steps_model["basis"] == "assumed" and len(report.what_if) == 7
+    [note] = [n for n in report.notes if "r ∝ 1/steps" in n]
+    assert "one step count" not in note
+    assert "7 step counts (1, 2, 4, 8, 20, 30, 50) do not fit a line" in note
+    assert "one step count" not in _printed(report)
