@@ -29,6 +29,7 @@ STATUS_TABLE: list[tuple[type[errors.PixelmillError], int, str]] = [
     (errors.PayloadTooLarge, 413, "invalid_request_error"),
     (errors.InvalidRequest, 400, "invalid_request_error"),
     (errors.NotFound, 404, "invalid_request_error"),
+    (errors.Conflict, 409, "invalid_request_error"),
     (errors.Unauthorized, 401, "authentication_error"),
     (errors.Forbidden, 403, "permission_error"),
     (errors.Overloaded, 429, "rate_limit_error"),
@@ -52,13 +53,21 @@ def request_id_of(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
+def encodable(text: str | None) -> str | None:
+    """``text`` with anything UTF-8 cannot encode (a lone surrogate a client sent as
+    ``"\\ud800"`` and an error echoed) escaped, so rendering an error can never fail."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(exc: errors.PixelmillError, request_id: str | None) -> dict:
     """The envelope for ``exc``; 5xx messages name the request id to quote in a report."""
     status, kind = status_of(exc)
     message = f"{exc.message} (request id {request_id})" if status >= 500 and request_id else exc.message
     return {
         "error": {
-            "message": message, "type": kind, "param": exc.param,
+            "message": encodable(message), "type": kind, "param": encodable(exc.param),
             "code": exc.code, "request_id": request_id,
         }
     }
@@ -84,12 +93,29 @@ def wire_params(names: Mapping[str, str]) -> Iterator[None]:
         raise
 
 
-def _validation_error(exc: RequestValidationError) -> errors.InvalidRequest:
-    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
+def param_of(loc: tuple | list) -> str | None:
+    """A pydantic error location as the policy names parameters: ``loras[0].weight``."""
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+        loc = loc[1:]
+    param = ""
+    for part in loc:
+        param += f"[{part}]" if isinstance(part, int) else f".{part}" if param else str(part)
+    return param or None
+
+
+def validation_error(details: list[dict]) -> errors.InvalidRequest:
+    """The 400 for the first of pydantic's ``details``, in the same shape as the policy's
+    (the wire models check types; the policy checks values, and both name the parameter)."""
+    first = details[0] if details else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":  # loc is ("body", <offset>): not a parameter
+        return errors.InvalidRequest("the body is not valid JSON", param=None)
+    param = param_of(tuple(first.get("loc", ())))
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     return errors.InvalidRequest(message, param=param)
+
+
+def _validation_error(exc: RequestValidationError) -> errors.InvalidRequest:
+    return validation_error(list(exc.errors()))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -11,7 +11,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from pixelmill.api.offload import run_cpu
 from pixelmill.images.codecs import decode_upload, reencode_png
-from pixelmill.images.masks import flatten, prepare_inpaint
+from pixelmill.images.masks import flatten, is_outpaint, prepare_inpaint
 from pixelmill.core.errors import InvalidRequest
 from pixelmill.settings import Settings
 
@@ -34,11 +34,19 @@ async def read_image(form: FormData, name: str, settings: Settings, *, required:
     return await run_cpu(decode_upload, data, param=name, max_pixels=settings.max_upload_pixels)
 
 
-async def inpaint_pngs(image: Image.Image, mask: Image.Image | None, mask_mode: str) -> tuple[bytes, bytes]:
-    """The inpaint image and its binary mask as clean PNGs (prepared and encoded in the CPU pool)."""
+async def inpaint_pngs(
+    image: Image.Image, mask: Image.Image | None, mask_mode: str,
+    size: tuple[int | None, int | None] | None = None,
+) -> tuple[bytes, bytes]:
+    """The inpaint image and its binary mask as clean PNGs (prepared and encoded in the CPU pool).
+
+    ``size`` is the requested output size, if any: larger than the image, the job
+    outpaints, and its new border is an edit even when the mask keeps the whole image.
+    """
+    outpaint = is_outpaint(image.size, size)  # before the pool: a bad size is a plain 400
 
     def prepare() -> tuple[bytes, bytes]:
-        prepared, binary = prepare_inpaint(image, mask, mask_mode=mask_mode)
+        prepared, binary = prepare_inpaint(image, mask, mask_mode=mask_mode, outpaint=outpaint)
         return reencode_png(prepared), reencode_png(binary)
 
     return await run_cpu(prepare)

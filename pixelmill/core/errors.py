@@ -43,6 +43,13 @@ class NotFound(PixelmillError):
     code = "not_found"
 
 
+class Conflict(PixelmillError):
+    """The request is valid but the thing it names is in the wrong state for it (e.g.
+    cancelling a job that already succeeded); the message says which state."""
+
+    code = "conflict"
+
+
 class Unauthorized(PixelmillError):
     """Missing or wrong credentials."""
 

@@ -18,7 +18,7 @@ from PIL import Image
 from pixelmill.core.types import SEED_SPACE, GenerationRequest, Mode, resolve_seed
 from pixelmill.engine.device import nan_guard
 from pixelmill.images.codecs import open_png
-from pixelmill.images.masks import blur_mask, outpaint_canvas, paste_back
+from pixelmill.images.masks import blur_mask, is_outpaint, outpaint_canvas, paste_back
 from pixelmill.engine.prompts import chunk_count, encode_prompts
 from pixelmill.core.samplers import sampler_label
 from pixelmill.engine.schedulers import use_scheduler
@@ -91,7 +91,7 @@ def _mode_inputs(request: GenerationRequest, width: int, height: int) -> _ModeIn
         image = image.resize((width, height), Image.LANCZOS) if image.size != (width, height) else image
         return _ModeInputs({"image": image, "strength": request.strength})
     mask = open_png(request.mask_image).convert("L")
-    if image.width < width or image.height < height:
+    if is_outpaint(image.size, (width, height)):  # the API decided the mask by the same rule
         image, mask = outpaint_canvas(image, (width, height), mask=mask)  # outpaint: new area masked
     elif image.size != (width, height):
         image = image.resize((width, height), Image.LANCZOS)

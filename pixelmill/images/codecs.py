@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from pixelmill.core.types import OutputFormat
+from pixelmill.core.types import GenerationRequest, Mode, OutputFormat
 from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
 from pixelmill.images.budget import charge_pixels
 
@@ -225,6 +225,50 @@ def a1111_parameters(
     )
     negative = f"\n{_NEGATIVE} {negative_prompt}" if negative_prompt else ""
     return f"{prompt}{negative}\n{settings}".strip()
+
+
+def generation_infotext(
+    request: GenerationRequest, *, model: str, sampler: str, seed: int, width: int, height: int,
+    version: str,
+) -> str:
+    """The infotext of one image of a resolved ``request``, in A1111's own conventions.
+
+    What A1111 1.x writes (``processing.create_infotext``) and its ControlNet extension
+    (sd-webui-controlnet) adds, so its "PNG Info" sends everything that made the image:
+
+    * LoRAs: pixelmill moves ``<lora:…>`` tags out of the prompt; A1111 keeps them in the
+      prompt text, so each resolved LoRA goes back as ``<lora:name:weight>`` at its end.
+    * ``Clip skip``: A1111 counts the last CLIP layer as 1 (``hidden_states[-N]``) and
+      omits the pair at 1; ``request.clip_skip`` is diffusers' count of layers skipped
+      (``hidden_states[-(k + 1)]``), so A1111's value is ``clip_skip + 1``.
+    * ``ControlNet i``: one quoted value of ``Module, Model, Weight, Guidance Start,
+      Guidance End`` pairs per unit (Module is the preprocessor: none, canny, invert).
+    * ``Refiner`` and ``Refiner switch at``, as A1111 writes them.
+    """
+    extra: dict[str, object] = {}
+    if request.mode is not Mode.txt2img:
+        extra["Denoising strength"] = request.strength
+    if request.clip_skip:
+        extra["Clip skip"] = request.clip_skip + 1
+    if request.mode is Mode.inpaint:
+        extra["Mask blur"] = request.mask_blur
+    for index, control in enumerate(request.controlnets):
+        unit = {"Module": control.preprocess.value, "Model": control.name, "Weight": control.scale,
+                "Guidance Start": control.start, "Guidance End": control.end}
+        # Names are plain identifiers (the policy checks), so the inner pairs stay parseable.
+        extra[f"ControlNet {index}"] = ", ".join(f"{k}: {_format_value(v)}" for k, v in unit.items())
+    if request.refiner is not None:
+        extra["Refiner"] = request.refiner.name
+        extra["Refiner switch at"] = request.refiner.switch_at
+    extra["Version"] = version
+    tags = [f"<lora:{lora.name}:{_format_value(lora.weight)}>" for lora in request.loras]
+    return a1111_parameters(
+        # A space, not a comma: A1111 removes the tags before encoding, and a comma would
+        # be a token the image was not made with.
+        prompt=" ".join(part for part in (request.prompt, *tags) if part),
+        negative_prompt=request.negative_prompt, steps=request.steps, sampler=sampler,
+        cfg_scale=request.guidance, seed=seed, width=width, height=height, model=model, extra=extra,
+    )
 
 
 def _check_key(key: str) -> str:

@@ -41,14 +41,18 @@ _ANCHORS = {
 """Outpaint anchors: where the original sits, as fractions of the free space (x, y)."""
 
 
-def mask_from_alpha(img: Image.Image, *, param: str = "mask") -> Image.Image:
+def mask_from_alpha(img: Image.Image, *, param: str = "mask", allow_empty: bool = False) -> Image.Image:
     """OpenAI convention: pixels with alpha exactly 0 are repainted, all others kept.
 
     Used for a ``mask`` upload and for an init image's own transparency (pass
     ``param="image"`` then). Raises ``InvalidRequest(param=param)`` when the image has
-    no alpha channel or no fully transparent pixel, since either would edit nothing.
+    no alpha channel or no fully transparent pixel, since either would edit nothing;
+    with ``allow_empty`` (an outpaint, whose new border is the edit) both give a mask
+    that keeps every pixel instead.
     """
-    if "A" not in img.getbands() and "transparency" not in img.info:
+    if not _has_alpha(img):
+        if allow_empty:  # an opaque image keeps every pixel
+            return _keep_all(img.size)
         raise InvalidRequest(
             f"{param} has no alpha channel. Fully transparent pixels (alpha 0) mark the "
             "area to edit: send an RGBA PNG, or a black-and-white mask with "
@@ -57,7 +61,7 @@ def mask_from_alpha(img: Image.Image, *, param: str = "mask") -> Image.Image:
         )
     alpha = np.asarray(img.convert("RGBA").getchannel("A"))
     mask = np.where(alpha == 0, REPAINT, KEEP).astype(np.uint8)
-    if not mask.any():
+    if not mask.any() and not allow_empty:
         raise InvalidRequest(
             f"{param} has no fully transparent pixel (alpha 0), so nothing would be "
             "edited. Make the area to edit transparent, or send a black-and-white mask "
@@ -67,21 +71,30 @@ def mask_from_alpha(img: Image.Image, *, param: str = "mask") -> Image.Image:
     return Image.fromarray(mask, mode="L")
 
 
-def mask_from_luminance(img: Image.Image, *, param: str = "mask") -> Image.Image:
+def mask_from_luminance(img: Image.Image, *, param: str = "mask", allow_empty: bool = False) -> Image.Image:
     """Black-and-white convention: greyscale value >= 128 is repainted, darker is kept.
 
     Any mode is accepted; transparency is ignored (the image is converted to ``L`` as
-    it looks on black). Raises ``InvalidRequest(param=param)`` if no pixel is repainted.
+    it looks on black). Raises ``InvalidRequest(param=param)`` if no pixel is repainted,
+    unless ``allow_empty`` (an outpaint: the new border is the edit).
     """
     grey = np.asarray(_on_black(img).convert("L"))
     mask = np.where(grey >= LUMINANCE_THRESHOLD, REPAINT, KEEP).astype(np.uint8)
-    if not mask.any():
+    if not mask.any() and not allow_empty:
         raise InvalidRequest(
             f"{param} has no white pixel (luminance >= {LUMINANCE_THRESHOLD}), so nothing "
             "would be edited. White marks the area to repaint.",
             param=param,
         )
     return Image.fromarray(mask, mode="L")
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return "A" in img.getbands() or "transparency" in img.info
+
+
+def _keep_all(size: tuple[int, int]) -> Image.Image:
+    return Image.new("L", size, KEEP)
 
 
 def _on_black(img: Image.Image) -> Image.Image:
@@ -117,6 +130,29 @@ def flatten(img: Image.Image) -> Image.Image:
     rgba = img.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (*NEUTRAL_GREY, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def is_outpaint(image_size: tuple[int, int], target_size: tuple[int | None, int | None] | None) -> bool:
+    """Whether generating an image of ``image_size`` at ``target_size`` outpaints it.
+
+    Outpainting: the target is at least as large in both dimensions and larger in one
+    (the image is placed on it and the new border generated). No target, the same size
+    or a smaller one is an inpaint (the image is resized). A target larger in one
+    dimension and smaller in the other raises ``InvalidRequest(param="size")``: an
+    outpaint only enlarges, and squeezing one side while padding the other is no edit
+    anybody asks for. The API (to know whether the border alone is an edit) and the
+    engine (to build the canvas) decide with this one rule.
+    """
+    if target_size is None or None in target_size:
+        return False
+    (w, h), (tw, th) = image_size, target_size
+    if (tw < w and th > h) or (tw > w and th < h):
+        raise InvalidRequest(
+            f"The image ({w}x{h}) is larger than the requested size ({tw}x{th}) in one dimension "
+            "and smaller in the other; to outpaint, ask for a size at least as large in both.",
+            param="size",
+        )
+    return tw > w or th > h
 
 
 def outpaint_canvas(
@@ -201,6 +237,7 @@ def prepare_inpaint(
     mask: Image.Image | None,
     *,
     mask_mode: Literal["alpha", "luminance"] = "alpha",
+    outpaint: bool = False,
 ) -> tuple[Image.Image, Image.Image]:
     """Turn decoded uploads into ``(RGB image, binary L mask)`` of the image's size.
 
@@ -208,12 +245,18 @@ def prepare_inpaint(
     name ``mask``). Without one: the image's own transparency is the mask (alpha mode
     only; errors name ``image``). The image is flattened onto neutral grey, so pixels
     that were transparent do not carry hidden colours into the generation.
+
+    ``outpaint`` (see :func:`is_outpaint`): the new border is generated whatever the
+    mask says, so a mask (or an image) that keeps every original pixel is valid, and
+    no mask at all keeps the original except where it is transparent (alpha mode).
     """
     if mask is not None:
         convert = mask_from_alpha if mask_mode == "alpha" else mask_from_luminance
-        binary = fit_mask(convert(mask, param="mask"), image.size, param="mask")
+        binary = fit_mask(convert(mask, param="mask", allow_empty=outpaint), image.size, param="mask")
     elif mask_mode == "alpha":
-        binary = mask_from_alpha(image, param="image")
+        binary = mask_from_alpha(image, param="image", allow_empty=outpaint)
+    elif outpaint:
+        binary = _keep_all(image.size)
     else:
         raise InvalidRequest("mask_mode=luminance needs a mask upload.", param="mask")
     return flatten(image), binary

@@ -32,7 +32,8 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from pixelmill.core.types import GenerationRequest, JobRecord
-from pixelmill.core.errors import NotFound
+from pixelmill.core.errors import InvalidRequest, NotFound
+from pixelmill.core.samplers import canonical_scheduler
 from pixelmill.jobs.results import EXTENSIONS
 
 MANIFEST_NAME = "manifest.json"
@@ -209,6 +210,33 @@ def request_parameters(request: GenerationRequest) -> dict[str, Any]:
     return params
 
 
+def job_parameters(job: JobRecord) -> dict[str, Any]:
+    """The manifest's parameters of a job's images: its resolved request, plus what ran.
+
+    A stored request leaves to the worker what only a loaded model knows (``model`` None
+    when the API host did not know the default's name, ``scheduler`` None for the
+    model's own, no size for txt2img); the job's ledger fields say what actually ran:
+    ``model``, ``sampler`` (the A1111 label, as in the PNG infotext), ``width``/``height``.
+    ``scheduler`` then names the canonical scheduler of that label, when there is one,
+    so the parameters can be sent again as they are.
+    """
+    params = request_parameters(job.request)
+    params["model"] = job.model or params.get("model")
+    params["sampler"] = job.sampler
+    if params.get("scheduler") is None and job.sampler:
+        params["scheduler"] = _scheduler_of(job.sampler)
+    params["width"] = job.width or params.get("width")
+    params["height"] = job.height or params.get("height")
+    return params
+
+
+def _scheduler_of(label: str) -> str | None:
+    try:
+        return canonical_scheduler(label)
+    except InvalidRequest:  # a label pixelmill has no canonical scheduler for
+        return None
+
+
 class ResultSource(Protocol):
     """What :func:`job_entries` needs of a result store (directory or database backed)."""
 
@@ -230,7 +258,7 @@ def job_entries(jobs: Iterable[JobRecord], results: ResultSource) -> Iterator[Ar
     """
     index = 0
     for job in jobs:
-        parameters = request_parameters(job.request)
+        parameters = job_parameters(job)
         for file_id, seed in zip(job.result_ids, job.result_seeds):
             try:
                 stored = results.get(file_id)

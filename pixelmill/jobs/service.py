@@ -15,7 +15,7 @@ from contextlib import aclosing
 from pixelmill.core.types import (
     RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, ResolvedRequest, WebhookSpec, resolve_seed,
 )
-from pixelmill.core.errors import GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
+from pixelmill.core.errors import Conflict, GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
 from pixelmill.jobs.availability import Availability
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import JobStore
@@ -147,8 +147,16 @@ class JobService:
         return await asyncio.to_thread(self.store.queue_position, job_id)
 
     async def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job now, or ask the worker to stop a running one."""
+        """Cancel a queued job now, or ask the worker to stop a running one.
+
+        Cancelling a canceled job returns it as it is (idempotent: a retried cancel is
+        not an error). A job that already succeeded or failed cannot be canceled:
+        :class:`Conflict` (409) naming ``job_id`` and the job's state.
+        """
         job = await asyncio.to_thread(self.store.cancel, job_id)
+        if job.status in (JobStatus.succeeded, JobStatus.failed):
+            raise Conflict(f"job {job_id} has already {job.status.value}; only a queued or running job "
+                           "can be canceled", param="job_id")
         self.notifier.job_changed(job_id)
         return job
 

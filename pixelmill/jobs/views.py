@@ -14,7 +14,7 @@ from pixelmill.core.types import JobError, JobRecord, JobStatus, Mode
 
 
 class ProgressPublic(BaseModel):
-    """Denoising steps done of the total, for a running job."""
+    """Denoising steps done of the total: sampled while running, complete once succeeded."""
 
     step: int
     total: int
@@ -34,7 +34,7 @@ class JobPublic(BaseModel):
     object: str = "job"
     status: JobStatus
     batch_id: str | None = None
-    queue_position: int | None = Field(None, description="1 = next to run; only while queued.")
+    queue_position: int | None = Field(None, description="1 = next to run; only while queued (in lists too).")
     waiting_reason: str | None = Field(
         None, description="Only while queued, when something is wrong: why no worker runs the job.")
     progress: ProgressPublic | None = None
@@ -66,7 +66,12 @@ def job_public(
 ) -> JobPublic:
     """Render ``job`` for clients; result URLs are built on ``base_url``."""
     progress = None
-    if job.status is JobStatus.running or job.progress_total:
+    if job.status is JobStatus.succeeded:
+        # Progress is sampled while the job runs, so the last sample may lag the end;
+        # a job that succeeded ran every step.
+        total = job.progress_total or job.steps
+        progress = ProgressPublic(step=total, total=total)
+    elif job.status is JobStatus.running or job.progress_total:
         progress = ProgressPublic(step=job.progress_step, total=job.progress_total)
     return JobPublic(
         id=job.id, status=job.status, batch_id=job.batch_id, queue_position=queue_position,

@@ -19,7 +19,7 @@ from pixelmill.api.offload import run_cpu
 from pixelmill.api.params import BatchId, JobId, PageCursor, Since
 from pixelmill.auth.keys import Principal
 from pixelmill.core.types import JobRecord, JobStatus
-from pixelmill.core.errors import InvalidRequest, NotFound
+from pixelmill.core.errors import Conflict, InvalidRequest, NotFound
 from pixelmill.jobs.archive import job_entries, zip_stream
 from pixelmill.jobs.views import JobPublic, job_public
 from pixelmill.outbound.netguard import check_url
@@ -104,15 +104,24 @@ async def list_jobs(
         services.store.list_jobs, status=status, since=since, limit=limit, cursor=cursor,
         api_key_id=who.list_filter,
     )
-    data = [job_public(job, base_url=base_url).model_dump(mode="json") for job in jobs]
+    # The queued jobs' places as the single read shows them: one query for the whole page.
+    queued = [job.id for job in jobs if job.status is JobStatus.queued]
+    positions = await asyncio.to_thread(services.store.queue_positions, queued) if queued else {}
+    data = [job_public(job, base_url=base_url, queue_position=positions.get(job.id)).model_dump(mode="json")
+            for job in jobs]
     return {"object": "list", "data": data, "next_cursor": next_cursor}
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic)
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic,
+             responses={409: {"description": "The job already succeeded or failed (the error names its state)."}})
 async def cancel_job(
     job_id: JobId, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
 ) -> JobPublic:
-    """Cancel: a queued job at once, a running one at its next denoising step."""
+    """Cancel: a queued job at once, a running one at its next denoising step.
+
+    A canceled job answers 200 as it is (cancelling twice is harmless); a job that
+    already succeeded or failed answers 409 ``conflict`` naming ``job_id`` and its state.
+    """
     await _owned_job(services, who, job_id)
     return await _public(services, await services.jobs.cancel(job_id), base_url)
 
@@ -151,18 +160,46 @@ async def get_batch(batch_id: BatchId, services: ServicesDep, who: PrincipalDep)
     return BatchPublic(id=batch_id, size=sum(counts.values()), counts=counts)
 
 
-@router.get("/batches/{batch_id}/archive", response_class=StreamingResponse, responses={200: {"content": {"application/zip": {}}}})
-async def batch_archive(batch_id: BatchId, services: ServicesDep, who: PrincipalDep) -> StreamingResponse:
-    """A ZIP of every finished image of the batch plus ``manifest.json``, streamed image by image."""
+ARCHIVE_COMPLETE_HEADER = "X-Pixelmill-Archive-Complete"
+
+
+@router.get(
+    "/batches/{batch_id}/archive", response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}},
+               409: {"description": "Jobs of the batch are still queued or running (counts in the message)."}},
+)
+async def batch_archive(
+    batch_id: BatchId, services: ServicesDep, who: PrincipalDep,
+    partial: Annotated[bool, Query(description="Return the images finished so far while jobs still run.")] = False,
+) -> StreamingResponse:
+    """A ZIP of every finished image of the batch plus ``manifest.json``, streamed image by image.
+
+    While any job is queued or running: 409 with the counts, unless ``partial=true``,
+    which returns the images finished so far with ``"complete": false`` in the manifest.
+    The ``X-Pixelmill-Archive-Complete`` header says which (``true``/``false``).
+    """
     await _check_batch_owner(services, who, batch_id)
-    jobs = await asyncio.to_thread(_succeeded_jobs, services, batch_id)
+    jobs, counts = await asyncio.to_thread(_batch_snapshot, services, batch_id)
+    complete = counts[JobStatus.queued.value] + counts[JobStatus.running.value] == 0
+    if not complete and not partial:
+        summary = ", ".join(f"{count} {status}" for status, count in counts.items())
+        raise Conflict(f"batch {batch_id} is not complete ({summary}); wait until no job is queued or running, "
+                       "or pass partial=true for the images finished so far", param="partial")
+    succeeded = [job for job in jobs if job.status is JobStatus.succeeded]
     return StreamingResponse(
-        zip_stream(job_entries(jobs, services.results), manifest={"batch_id": batch_id}),
+        zip_stream(job_entries(succeeded, services.results),
+                   manifest={"batch_id": batch_id, "complete": complete, "counts": counts}),
         media_type="application/zip",
-        headers={"Content-Disposition": f'attachment; filename="{batch_id}.zip"'},
+        headers={"Content-Disposition": f'attachment; filename="{batch_id}.zip"',
+                 ARCHIVE_COMPLETE_HEADER: "true" if complete else "false"},
     )
 
 
-def _succeeded_jobs(services: Services, batch_id: str) -> list[JobRecord]:
-    services.store.batch_counts(batch_id)  # NotFound for an unknown batch, before streaming
-    return [job for job in services.store.batch_jobs(batch_id) if job.status is JobStatus.succeeded]
+def _batch_snapshot(services: Services, batch_id: str) -> tuple[list[JobRecord], dict[str, int]]:
+    """The batch's jobs (NotFound for an unknown batch, before streaming) and their counts
+    by status, from the same read: the counts describe exactly the jobs archived."""
+    jobs = list(services.store.batch_jobs(batch_id))
+    counts = {status.value: 0 for status in JobStatus}
+    for job in jobs:
+        counts[job.status.value] += 1
+    return jobs, counts

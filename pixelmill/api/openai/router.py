@@ -21,13 +21,14 @@ from pixelmill.api.openai.protocol import (
     ImageGenerationCreate,
     ImagesResponse,
     ImageVariationForm,
+    parse_size,
     render_response,
 )
 from pixelmill.api.offload import run_cpu
 from pixelmill.api.uploads import form_fields, inpaint_pngs, read_image, variation_png
 from pixelmill.auth.keys import Principal
 from pixelmill.core.types import GenerationRequest
-from pixelmill.core.errors import InvalidRequest, ModelUnavailable
+from pixelmill.core.errors import InvalidRequest
 from pixelmill.jobs.views import file_url
 from pixelmill.registry.models_dir import ModelKind
 from pixelmill.services import Services
@@ -95,7 +96,8 @@ async def edit_image(
     """Repaint the masked area of an image (OpenAI ``images.edit``: alpha 0 = edit)."""
     form, body, upload = await _read_form(http, ImageEditForm, services)
     mask_upload = await read_image(form, "mask", services.settings, required=False)
-    image_png, mask_png = await inpaint_pngs(upload, mask_upload, body.mask_mode)
+    # The requested size says whether this is an outpaint (a border to generate around the image).
+    image_png, mask_png = await inpaint_pngs(upload, mask_upload, body.mask_mode, parse_size(body.size))
     with wire_params(PARAM_NAMES):
         # Without ``size`` the request policy sizes the job from the image (fitted to the limits).
         request = body.to_request(services.settings, image_png, mask_png)
@@ -125,12 +127,9 @@ async def list_models(services: ServicesDep) -> dict:
     """
     entries = {entry.name: entry for entry in services.registry.list(ModelKind.checkpoint)}
     names = list(entries)
-    if services.runner is not None:
-        try:
-            loaded = services.runner.engine.info.model
-            names = [loaded, *(n for n in names if n != loaded)]
-        except ModelUnavailable:  # still loading: list what is on disk
-            pass
+    info = services.backend.info if services.backend is not None else None
+    if info is not None:  # None while the model is still loading: list what is on disk
+        names = [info.model, *(n for n in names if n != info.model)]
     created = int(time.time())
     return {
         "object": "list",
