@@ -48,7 +48,7 @@ def _wait_finished(url: str, ids: list[str], timeout: float = 120) -> dict[str, 
         states = {i: httpx.get(f"{url}/v1/jobs/{i}", timeout=10).json()["status"] for i in ids}
         if all(state in ("succeeded", "failed", "canceled") for state in states.values()):
             break
-        time.sleep(0.5)
+        time.sleep(0.1)
     return states
 
 
