@@ -254,8 +254,8 @@ def _number(value: float) -> str:
 
 def _check_range(value: float, low: float, high: float, param: str) -> None:
     if not low <= value <= high:
-        raise InvalidRequest(f"{param} must be between {_number(low)} and {_number(high)}, got {_number(value)}",
-                             param=param)
+        raise InvalidRequest(
+            f"{param} must be between {_number(low)} and {_number(high)}, got {_number(value)}", param=param)
 
 
 def _check_encodable(request: GenerationRequest) -> None:

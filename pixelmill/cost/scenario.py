@@ -9,6 +9,8 @@ report with no overrides has the report's own verdict.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 from pixelmill.cost import model as m
@@ -64,7 +66,12 @@ def rate_at_steps(rate: float, reference: int, steps: int, steps_model: m.StepsM
     if steps == reference:
         return rate
     model = steps_model or m.proportional_steps_model(rate, reference)
-    return rate * model.rate(steps) / model.rate(reference)
+    reference_rate = model.rate(reference)
+    # A rate so small that its seconds per image overflow to infinity gives 0 here: an
+    # impossible assumption (ValueError: the API answers 400), not a division by zero.
+    if not math.isfinite(reference_rate) or reference_rate <= 0:
+        raise ValueError(f"the rate at {reference} steps is not a usable number of images per GPU-hour")
+    return rate * model.rate(steps) / reference_rate
 
 
 def what_if(

@@ -15,7 +15,8 @@ from contextlib import aclosing
 from pixelmill.core.types import (
     RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, ResolvedRequest, WebhookSpec, resolve_seed,
 )
-from pixelmill.core.errors import Conflict, GenerationCanceled, GenerationFailed, NotFound, WaitTimeout
+from pixelmill.core.errors import (Conflict, GenerationCanceled, GenerationFailed, InvalidRequest, NotFound,
+                                   PayloadTooLarge, WaitTimeout)
 from pixelmill.jobs.availability import Availability
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import JobStore
@@ -203,5 +204,15 @@ def raise_for_job(job: JobRecord) -> None:
     if job.status is JobStatus.canceled:
         raise GenerationCanceled(f"job {job.id} was canceled")
     error = job.error
-    raise GenerationFailed(error.message if error else "generation failed", code=error.code if error else None)
+    if error is None:
+        raise GenerationFailed("generation failed")
+    # A job the worker refused for the caller's own request (e.g. a LoRA that does not fit the
+    # model) is the caller's mistake on a synchronous call too: 4xx, not a server fault.
+    client_fault = _CLIENT_FAULTS.get(error.code)
+    if client_fault is not None:
+        raise client_fault(error.message, code=error.code)
+    raise GenerationFailed(error.message, code=error.code)
+
+
+_CLIENT_FAULTS = {InvalidRequest.code: InvalidRequest, NotFound.code: NotFound, PayloadTooLarge.code: PayloadTooLarge}
 

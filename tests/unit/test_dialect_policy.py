@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import pytest
 from PIL import Image
@@ -230,3 +231,13 @@ def test_an_unset_refiner_switch_point_reaches_the_policy_unset(settings):
         assert resolve(request, policy).refiner.switch_at == 0.7
     given = GenerationCreate(prompt="x", refiner={"name": "r", "switch_at": 0.6}).to_request(settings)
     assert given.refiner.switch_at == 0.6
+
+
+def test_an_error_echoing_a_surrogate_still_renders():
+    """Any error that quotes client text (a name, a loc) must not turn into a 500 itself."""
+    from pixelmill.api.errors import error_response
+
+    response = error_response(InvalidRequest("no model 'a\ud800'", param="x\udfff"), "rid")
+    body = json.loads(response.body)
+    assert response.status_code == 400
+    assert body["error"]["message"] == "no model 'a\\ud800'" and body["error"]["param"] == "x\\udfff"

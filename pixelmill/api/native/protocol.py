@@ -2,7 +2,9 @@
 
 They translate only: a field the body leaves out stays unset (None) and the request
 policy (:mod:`pixelmill.core.policy`) fills it from the server's settings; a value the
-body gives (``steps: 0`` included) reaches the policy as given.
+body gives (``steps: 0`` included) reaches the policy as given. Numbers are strict
+(``n: true`` is refused, not read as 1); the limits in the schema are the default ones,
+documented only: the policy enforces the server's own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.api.adapters_wire import AdapterFields, WireFloat, WireInt, documented
-from pixelmill.core.types import RANDOM_SEED, SEED_SPACE, GenerationRequest, JobRecord, Mode, OutputFormat, WebhookSpec
+from pixelmill.core.types import (RANDOM_SEED, SEED_SPACE, GenerationRequest, JobRecord, Mode, OutputFormat,
+                                  WebhookSpec)
 from pixelmill.images.codecs import decode_upload, reencode_png
 from pixelmill.images.masks import prepare_inpaint
 from pixelmill.core.errors import InvalidRequest
@@ -44,11 +47,11 @@ class GenerationCreate(AdapterFields):
                         json_schema_extra=documented(max_length="max_prompt_chars"))
     negative_prompt: str = Field("", json_schema_extra=documented(max_length="max_prompt_chars"))
     model: str | None = None
-    width: WireInt | None = Field(None, description="A multiple of 8. Default: the input image's size fitted to "
-                                  "the limits (img2img, inpaint), else the model's native size.",
-                                  json_schema_extra=documented("min_side", "max_side"))
-    height: WireInt | None = Field(None, description="A multiple of 8; give both width and height, or neither.",
-                                   json_schema_extra=documented("min_side", "max_side"))
+    width: WireInt | None = Field(None, json_schema_extra=documented("min_side", "max_side"),
+                                  description="A multiple of 8. Default: the input image's size fitted to "
+                                  "the limits (img2img, inpaint), else the model's native size.")
+    height: WireInt | None = Field(None, json_schema_extra=documented("min_side", "max_side"),
+                                   description="A multiple of 8; give both width and height, or neither.")
     steps: WireInt | None = Field(None, description="Default: the server's default_steps.",
                                   json_schema_extra=documented(1, "max_steps"))
     guidance: WireFloat | None = Field(None, description="Default: the server's default_guidance.",
@@ -57,8 +60,9 @@ class GenerationCreate(AdapterFields):
                           json_schema_extra=documented(RANDOM_SEED, SEED_SPACE - 1))
     n: WireInt = Field(1, json_schema_extra=documented(1, "max_n"))
     scheduler: str | None = None
-    strength: WireFloat | None = Field(None, description="img2img/inpaint: how much of the image is re-noised. "
-                                       "Default: the server's default_strength.", json_schema_extra=documented(0, 1))
+    strength: WireFloat | None = Field(None, json_schema_extra=documented(0, 1),
+                                       description="img2img/inpaint: how much of the image is re-noised. "
+                                       "Default: the server's default_strength.")
     clip_skip: WireInt | None = Field(None, json_schema_extra=documented(1, 12))
     image: str | None = Field(None, description="Input image (img2img, inpaint), base64 or data URL.")
     mask: str | None = Field(None, description="Inpaint mask, white = repaint, base64 or data URL.")

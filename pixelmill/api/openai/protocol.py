@@ -7,7 +7,9 @@ body (``negative_prompt``, ``seed``, ``steps``, ``guidance``, ``scheduler``, …
 
 The models only translate: a field the body leaves out stays unset (None) and the
 request policy (:mod:`pixelmill.core.policy`) fills it from the server's settings, so a
-value the body does give, ``steps: 0`` included, reaches the policy as given.
+value the body does give, ``steps: 0`` included, reaches the policy as given. Numbers are
+strict (``n: true`` is refused, not read as 1); the limits in the schema are the default
+ones, documented only: the policy enforces the server's own.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class _Common(AdapterFields):
                           json_schema_extra=documented(RANDOM_SEED, SEED_SPACE - 1))
     steps: WireInt | None = Field(None, description="Denoising steps; overrides quality.",
                                   json_schema_extra=documented(1, "max_steps"))
-    guidance: WireFloat | None = Field(None, description="CFG scale.", json_schema_extra=documented(0, "max_guidance"))
+    guidance: WireFloat | None = Field(None, description="CFG scale.",
+                                       json_schema_extra=documented(0, "max_guidance"))
     scheduler: str | None = Field(None, description="e.g. euler_a, dpmpp_2m_karras, 'DPM++ 2M Karras'.")
     clip_skip: WireInt | None = Field(None, json_schema_extra=documented(1, 12))
 
@@ -122,8 +125,8 @@ class ImageEditForm(FormNumbers, _Common):
     mask_blur: WireInt | None = Field(None, description="Feathering of the mask edge, in pixels "
                                       "(default: the server's default_mask_blur).",
                                       json_schema_extra=documented(0, 64))
-    strength: WireFloat | None = Field(None, description="Share of the masked area re-noised (0-1; default 1).",
-                                       json_schema_extra=documented(0, 1))
+    strength: WireFloat | None = Field(None, json_schema_extra=documented(0, 1),
+                                       description="Share of the masked area re-noised (0-1; default 1).")
 
     def to_request(self, settings: Settings, image_png: bytes, mask_png: bytes) -> GenerationRequest:
         """The inpaint request; without ``size`` the policy takes the image's (fitted)."""
