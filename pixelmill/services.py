@@ -24,6 +24,7 @@ from pixelmill.jobs.service import JobService, ModelCatalog
 from pixelmill.jobs.store import JobStore
 from pixelmill.outbound.webhooks import WebhookSender, secret_from
 from pixelmill.jobs.worker import Worker, default_worker_id
+from pixelmill.registry.manifest import DEMO_MODELS_KIND, discard_incomplete
 from pixelmill.registry.models_dir import ModelRegistry
 from pixelmill.settings import Settings
 
@@ -61,6 +62,21 @@ class Services:
         return await asyncio.to_thread(stored.path.read_bytes)
 
 
+def model_registry(settings: Settings) -> ModelRegistry:
+    """The models directory, plus the demo models a server without ``--model`` may fall back to.
+
+    Without a configured model the engine serves the SDXL base or, when it cannot load,
+    the demo models it writes into ``<data dir>/demo-models``: the registry lists that
+    folder too, so its LoRA, ControlNet and refiner are usable by name like the model. A
+    folder left incomplete by an interrupted first start is removed here, so the engine
+    writes it again instead of reusing it.
+    """
+    if settings.model:
+        return ModelRegistry(settings.models_dir)
+    discard_incomplete(settings.demo_models_dir, kind=DEMO_MODELS_KIND)
+    return ModelRegistry(settings.models_dir, generated_roots=((settings.demo_models_dir, DEMO_MODELS_KIND),))
+
+
 def build_services(
     settings: Settings, *, workers: int | None = None, backend_factory: BackendFactory | None = None,
 ) -> Services:
@@ -72,7 +88,7 @@ def build_services(
     count = settings.workers if workers is None else workers
     if count and backend_factory is None:
         raise ValueError("build_services: workers need a backend_factory (see pixelmill.server)")
-    registry = ModelRegistry(settings.models_dir)
+    registry = model_registry(settings)
     registry.refresh()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore.open(settings.db_url)

@@ -20,6 +20,16 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 python=${PYTHON:-python3}
 
+# Said first, before anything is installed: --test may install system packages with apt.
+browser_missing=""
+if [ -n "$extras" ] && ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+    browser_missing=1
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "bootstrap: --test will also install the system packages chromium and chromium-driver with apt-get" \
+             "(for the browser tests; install them yourself beforehand to skip this)"
+    fi
+fi
+
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 
@@ -50,7 +60,7 @@ if [ -n "$extras" ]; then
     # The dashboard's browser test drives Debian's Chromium through its chromedriver; nothing is
     # downloaded at test time. Install them when missing and we can (root with apt); otherwise
     # that test skips and says why (and fails under CI=true).
-    if ! { command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; }; then
+    if [ -n "$browser_missing" ]; then
         if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
             echo "bootstrap: installing chromium and chromium-driver (apt) for the dashboard test"
             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \

@@ -22,6 +22,7 @@ from pixelmill import __version__
 from pixelmill.api import keys as api_keys
 from pixelmill.api import openapi as api_openapi
 from pixelmill.api import cost, system
+from pixelmill.api import docs as api_docs
 from pixelmill.api import models as api_models
 from pixelmill.api.auth import Authenticator
 from pixelmill.api.errors import install_error_handlers
@@ -90,6 +91,10 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
         version=__version__,
         summary="Self-hosted image generation with OpenAI-compatible APIs and a cost ledger.",
         lifespan=lifespan,
+        # FastAPI's own /docs and /redoc load their scripts from CDNs (blank offline): api.docs
+        # serves the same pages with local copies of the assets.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.auth = Authenticator(settings, KeyStore(services.store.engine))
@@ -103,6 +108,7 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     app.include_router(cost.router)
     app.include_router(api_keys.router)
     app.include_router(api_models.router)
+    app.include_router(api_docs.router)
     api_openapi.install(app)
     return app
 

@@ -63,32 +63,40 @@ def serve(
     settings: Settings,
     log_level: Annotated[LogLevel, typer.Option(help="How much the log says.")] = "info",
 ) -> None:
-    """Start the HTTP server (OpenAI Images API at /v1, docs at /docs)."""
-    import uvicorn
+    """Start the HTTP server (OpenAI Images API at /v1, docs at /docs).
 
-    from pixelmill.server import build_app
+    Exits 1 when the port is taken, or when a model named with --model / PIXELMILL_MODEL
+    cannot be loaded (only the default model falls back to the demo model).
+    """
+    from pixelmill.cli.serve import port_problem, run_server
 
     _configure_logging(log_level)
-    _check_model_choice(settings)
+    source = _check_model_choice(settings)
     check_bind_address(settings)
+    problem = port_problem(settings.host, settings.port)  # before anything starts: one line, no model load
+    if problem:
+        console.print(f"[red]error:[/] {problem}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
     console.print(f"pixelmill {__version__}: http://{settings.host}:{settings.port}  (docs at /docs)")
-    # timeout_graceful_shutdown: on SIGTERM, requests still open after it are ended (503, see api.middleware).
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=settings.shutdown_timeout_s)
+    hub = source is not None and source.kind == "hub"
+    raise typer.Exit(run_server(settings, log_level=log_level, hub_model=hub, console=console))
 
 
-def _check_model_choice(settings: Settings) -> None:
-    """Fail fast on a mistyped ``--model``: before the server starts, not in its log later."""
+def _check_model_choice(settings: Settings):
+    """Fail fast on a mistyped ``--model``: before the server starts, not in its log later.
+
+    Returns the model's :class:`~pixelmill.engine.models.ModelSource` (None without ``--model``).
+    """
     from pixelmill.engine.models import resolve_source
     from pixelmill.core.errors import PixelmillError
     from pixelmill.registry.models_dir import ModelRegistry
 
     if not settings.model:
-        return
+        return None
     registry = ModelRegistry(settings.models_dir)
     registry.refresh()
     try:
-        resolve_source(settings.model, registry)
+        return resolve_source(settings.model, registry)
     except PixelmillError as exc:
         console.print(f"[red]error:[/] --model: {exc.message}")
         raise typer.Exit(2) from None

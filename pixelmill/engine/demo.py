@@ -167,14 +167,23 @@ def fallback_message(model: str, reason: str) -> str:
     stacktrace above" (huggingface_hub's wording) although no stack trace is logged: say
     what happened in words instead, and keep the raw error only when it is not recognised.
     """
+    cause = load_failure_cause(reason)
+    return (f"No --model set and {model} {cause}: serving the random-weight DEMO model, images will be noise.\n"
+            "Set --model / PIXELMILL_MODEL to a checkpoint (a name in --models-dir, a path or a hub id) "
+            "to serve real images.")
+
+
+def load_failure_cause(reason: str) -> str:
+    """A model's load error (the loader's message) as the rest of a sentence about the model.
+
+    Also what ``serve`` says when a model named with ``--model`` fails to load.
+    """
     lowered = reason.lower()
     cause = next((text for needles, text in _FALLBACK_CAUSES if any(n in lowered for n in needles)), None)
     if cause is None:
         detail = " ".join(_STACK_TRACE.sub("", reason).split())
         cause = f"could not be loaded ({detail[:200].rstrip(' .;:')})"
-    return (f"No --model set and {model} {cause}: serving the random-weight DEMO model, images will be noise.\n"
-            "Set --model / PIXELMILL_MODEL to a checkpoint (a name in --models-dir, a path or a hub id) "
-            "to serve real images.")
+    return cause
 
 
 @contextlib.contextmanager

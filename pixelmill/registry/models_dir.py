@@ -23,6 +23,14 @@ into place, so a reader never sees a half-written file.
 Resolving a LoRA also reads its safetensors header (cached while the file is unchanged):
 a file that was dropped into ``loras/`` broken is refused with the reason, naming the
 request's parameter, instead of failing deep inside the engine.
+
+A registry may also read *generated* roots (``generated_roots``): folders pixelmill writes
+whole, such as the demo models a server without ``--model`` falls back to
+(``<data dir>/demo-models``). Each is listed only while its manifest matches its files
+(:mod:`pixelmill.registry.manifest`), a name in the models directory wins over the same
+name there, and uploads always go to the models directory. Such a folder appears in one
+rename, possibly after the scan (the engine writes the demo when it falls back): every
+lookup notices that with one ``stat`` and scans again.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelmill.core.errors import InvalidRequest, NotFound
+from pixelmill.registry.manifest import manifest_problem
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
@@ -122,29 +131,58 @@ class ModelRegistry:
     threads, engine threads) see either the old or the new scan, never a mix.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, generated_roots: tuple[tuple[Path, str], ...] = ()):
+        """``generated_roots``: ``(folder, manifest kind)`` pairs read after ``root``."""
         self.root = root
+        self.generated_roots = tuple((Path(folder), kind) for folder, kind in generated_roots)
         self._entries: dict[tuple[ModelKind, str], ModelEntry] = {}
+        self._origins: dict[tuple[ModelKind, str], Path] = {}  # the root each entry was found in
+        self._generated_seen: tuple | None = None
         self._refresh_lock = threading.Lock()
 
     def refresh(self) -> None:
         """Re-scan the directory (at start and on demand)."""
         with self._refresh_lock:  # serialised so an older scan never replaces a newer one
+            seen = self._generated_state()
             entries: dict[tuple[ModelKind, str], ModelEntry] = {}
-            for kind in ModelKind:
-                for entry in self._scan(kind):
-                    entries[(kind, entry.name)] = entry
+            origins: dict[tuple[ModelKind, str], Path] = {}
+            roots = [self.root] + [folder for folder, kind in self.generated_roots
+                                   if manifest_problem(folder, kind=kind) is None]
+            for root in roots:
+                for kind in ModelKind:
+                    for entry in self._scan(root, kind):
+                        origins.setdefault((kind, entry.name), root)
+                        entries.setdefault((kind, entry.name), entry)  # the models directory wins
+            self._origins = origins
             self._entries = entries
+            self._generated_seen = seen
+
+    def _generated_state(self) -> tuple:
+        """What identifies the generated roots' current folders (None where absent)."""
+        state = []
+        for folder, _ in self.generated_roots:
+            try:
+                stat = folder.stat()
+                state.append((stat.st_ino, stat.st_mtime_ns))
+            except OSError:
+                state.append(None)
+        return tuple(state)
+
+    def _current(self) -> dict[tuple[ModelKind, str], ModelEntry]:
+        """The entries, re-scanned first when a generated root appeared, went or was replaced."""
+        if self.generated_roots and self._generated_state() != self._generated_seen:
+            self.refresh()
+        return self._entries
 
     def counts(self) -> dict[str, int]:
         """How many entries of each listed kind (``refiner`` counted apart from ``checkpoint``)."""
         counts = {kind.name: 0 for kind in ModelKind} | {"refiner": 0}
-        for entry in list(self._entries.values()):
+        for entry in list(self._current().values()):
             counts[entry.listed_kind] += 1
         return counts
 
-    def _scan(self, kind: ModelKind) -> list[ModelEntry]:
-        folder = self.root / kind.value
+    def _scan(self, root: Path, kind: ModelKind) -> list[ModelEntry]:
+        folder = root / kind.value
         if not folder.is_dir():
             return []
         found = []
@@ -174,12 +212,12 @@ class ModelRegistry:
 
     def list(self, kind: ModelKind) -> list[ModelEntry]:
         """Entries of one kind, sorted by name."""
-        entries = self._entries  # one snapshot: a concurrent refresh swaps, never mutates
+        entries = self._current()  # one snapshot: a concurrent refresh swaps, never mutates
         return sorted((e for (k, _), e in entries.items() if k is kind), key=lambda e: e.name)
 
     def find(self, kind: ModelKind, name: str) -> ModelEntry | None:
         """The entry called ``name``, or None; never looks outside the scanned folder."""
-        return self._entries.get((kind, name))
+        return self._current().get((kind, name))
 
     def resolve(self, kind: ModelKind, name: str, *, param: str) -> ModelEntry:
         """The entry called ``name``; :class:`NotFound` naming ``param`` otherwise.
@@ -192,7 +230,7 @@ class ModelRegistry:
         if entry is None:
             known = ", ".join(e.name for e in self.list(kind)) or "none"
             raise NotFound(f"no {kind.name} named {name!r} (available: {known})", param=param)
-        if not _inside(entry.path, self.root / kind.value):
+        if not _inside(entry.path, self._origins.get((kind, name), self.root) / kind.value):
             raise InvalidRequest(f"{kind.name} {name!r} points outside its folder", param=param)
         if kind is ModelKind.lora:
             _check_lora_file(entry, param)

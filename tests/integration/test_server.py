@@ -1,7 +1,8 @@
-"""Server behaviour over real HTTP: health while busy, SSE progress, the CLI."""
+"""Server behaviour over real HTTP: health while busy, SSE progress, the CLI; how ``serve`` stops."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 import httpx
 
 from tests.support.images import decode
-from tests.support.server import subprocess_env
+from tests.support.server import free_port, subprocess_env
 
 
 def test_health_reports_the_demo_model(server):
@@ -93,3 +94,41 @@ def test_cli_generate_reports_bad_parameter(server, tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert done.returncode == 1
     assert "width" in done.stderr
+
+
+def _serve(tmp_path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``pixelmill serve`` to its end (it must stop by itself); the result and its duration."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "pixelmill.cli", "serve", "--data-dir", str(tmp_path / "data"),
+         "--models-dir", str(tmp_path / "models"), *args],
+        capture_output=True, text=True, timeout=150, env=subprocess_env(**env), cwd=tmp_path)
+    return done, time.monotonic() - started
+
+
+def test_serve_stops_with_one_line_when_the_port_is_taken(tmp_path):
+    with socket.socket() as taken:  # a listening socket of our own on a free port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done, elapsed = _serve(tmp_path, "--port", str(port))
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode == 1, output
+    assert elapsed < 30, f"{elapsed:.0f} s to notice a taken port"
+    # Nothing else: no URL, no model loading, no "cannot schedule new futures after interpreter shutdown".
+    assert output.splitlines() == [output], output
+    assert output.startswith(f"error: port {port} is already in use") and "--port" in output, output
+    assert not (tmp_path / "data" / "demo-models").exists()  # no model was loaded or written
+
+
+def test_serve_exits_when_the_hub_model_named_with_model_is_not_available_offline(tmp_path):
+    model = "stabilityai/stable-diffusion-xl-base-1.0"
+    done, elapsed = _serve(tmp_path, "--port", str(free_port()), "--model", model,
+                           HF_HOME=str(tmp_path / "hf-home"))  # an empty cache, whatever this machine has
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert elapsed < 120, f"{elapsed:.0f} s to give up on a model that cannot load"
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: --model / PIXELMILL_MODEL '{model}' is not in the Hugging Face cache"), last
+    assert f"hf download {model}" in last and "without --model" in last, last
+    assert "DEMO" not in output and not (tmp_path / "data" / "demo-models").exists()  # never fell back

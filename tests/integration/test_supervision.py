@@ -8,6 +8,7 @@ removing that file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,22 +17,14 @@ from pathlib import Path
 
 import httpx
 
+from pixelmill.server import build_app
+from pixelmill.settings import Settings
+from tests.support.backends.load_failure import LoadFailure
 from tests.support.images import decode
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port, subprocess_env
 
 FAST = ("--lease-s", "6", "--heartbeat-s", "1", "--poll-interval-s", "0.1")
 JOB = {"prompt": "supervised", "width": 128, "height": 128, "steps": 4}
-
-
-class UnreadyServer(ServerProcess):
-    """A server that is never ready: started once ``/health`` reports ``status``."""
-
-    def __init__(self, workdir: Path, *args: str, status: str):
-        super().__init__(workdir, *args)
-        self.status = status
-
-    def _wait_ready(self, timeout: float) -> None:
-        health_is(self.url, self.status, timeout=timeout, process=self)
 
 
 def health_is(url: str, status: str, *, timeout: float, process: ServerProcess | None = None) -> dict:
@@ -60,23 +53,56 @@ def refused_at_once(url: str, path: str, body: dict) -> dict:
     return response.json()["error"]
 
 
-def test_a_model_that_fails_to_load_makes_generation_routes_503_at_once(tmp_path: Path):
+def test_a_model_named_explicitly_that_fails_to_load_stops_serve_with_the_reason(tmp_path: Path):
+    """``--model`` is a promise: a server that cannot keep it exits 1, it does not idle on 503s."""
     models = tmp_path / "models"
     (models / "checkpoints").mkdir(parents=True)
     (models / "checkpoints" / "broken.safetensors").write_bytes(b"\x00not a checkpoint" * 64)
-    server = UnreadyServer(tmp_path, "--models-dir", str(models), "--model", "broken", *FAST, status="failed")
-    server.start()
-    try:
-        for path, body in [("/v1/images/generations", {"prompt": "x", "size": "256x256"}),
-                           ("/v1/generate", {"prompt": "x"}), ("/v1/jobs", {"prompt": "x"})]:
-            error = refused_at_once(server.url, path, body)
-            assert error["code"] == "model_unavailable", (path, error)
-            assert "the model failed to load" in error["message"] and "broken" in error["message"], (path, error)
-        assert httpx.get(f"{server.url}/v1/jobs").json()["data"] == []  # nothing was queued
-        health = httpx.get(f"{server.url}/health").json()
-        assert "the model failed to load" in health["error"] and "broken" in health["error"]
-    finally:
-        server.stop()
+    port = free_port()
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "pixelmill.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+         "--models-dir", str(models), "--model", "broken", *FAST],
+        capture_output=True, text=True, timeout=150, env=subprocess_env(), cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    assert elapsed < 120, f"serve took {elapsed:.0f} s to give up on a broken model"
+    last = output.strip().splitlines()[-1]
+    # One line: which model, why (the loader's words), and what to do.
+    assert last.startswith("error: --model / PIXELMILL_MODEL 'broken' could not be loaded (")
+    assert "tokenizer" in last and "without --model" in last, last
+    assert "Traceback" not in output and "cannot schedule new futures" not in output
+
+
+def test_a_failed_model_makes_generation_routes_503_at_once(tmp_path: Path):
+    """Where a server stays up without a model (the default model and the demo both failed;
+    ``serve --model`` exits instead), every generation route refuses at once: nothing queued."""
+    settings = Settings(data_dir=tmp_path / "data", models_dir=tmp_path / "models", lease_s=6, heartbeat_s=1,
+                        poll_interval_s=0.1)
+    app = build_app(settings, backend=lambda _settings, _registry: LoadFailure("checkpoint 'broken' is not valid"))
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://127.0.0.1:8000") as client:
+            deadline = time.monotonic() + 10
+            while (await client.get("/health")).json()["status"] != "failed":
+                assert time.monotonic() < deadline, "the worker never reported the failed model"
+                await asyncio.sleep(0.02)
+            for path, body in [("/v1/images/generations", {"prompt": "x", "size": "256x256"}),
+                               ("/v1/generate", {"prompt": "x"}), ("/v1/jobs", {"prompt": "x"})]:
+                began = time.monotonic()
+                response = await client.post(path, json=body)
+                assert response.status_code == 503 and time.monotonic() - began < 1.0, (path, response.text)
+                error = response.json()["error"]
+                assert error["code"] == "model_unavailable", (path, error)
+                assert "the model failed to load" in error["message"] and "broken" in error["message"], error
+            assert (await client.get("/v1/jobs")).json()["data"] == []  # nothing was queued
+            health = (await client.get("/health")).json()
+            assert "the model failed to load" in health["error"] and "broken" in health["error"]
+
+    asyncio.run(scenario())
 
 
 def test_unwritable_results_degrade_the_server_which_recovers_once_writable(demo_models: Path, tmp_path: Path):
