@@ -33,7 +33,6 @@ does not match its files is written again instead of being reused
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 from collections.abc import Iterator
@@ -43,6 +42,8 @@ from typing import Literal
 
 import torch
 
+from pixelmill.engine.demo_tokenizer import build_tokenizer, write_tokenizer_files
+from pixelmill.engine.demo_tokenizer import vocab as tokenizer_vocab
 from pixelmill.registry.manifest import DEMO_MODELS_KIND, MANIFEST_NAME, publish, staging_folder, write_manifest
 
 DEMO_MODEL_NAME = "demo"
@@ -288,7 +289,7 @@ def _vae(spec: DemoSize):
 def _text_encoders(spec: DemoSize):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    vocab = _vocab()
+    vocab = tokenizer_vocab()
     common = dict(
         vocab_size=len(vocab),
         num_hidden_layers=spec.te_layers,
@@ -306,65 +307,6 @@ def _text_encoders(spec: DemoSize):
         hidden_size=spec.te2_hidden, intermediate_size=4 * spec.te2_hidden,
         hidden_act="gelu", **common))
     return te1.eval(), te2.eval()
-
-
-# --- tokenizer ---------------------------------------------------------------------------
-
-# A handful of merges so the BPE path is exercised; the rest of a word falls back to bytes.
-_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"),
-           ("in", "g</w>"), ("o", "n</w>"), ("e", "r</w>"), ("a", "t</w>"), ("o", "f</w>")]
-
-
-def _byte_alphabet() -> list[str]:
-    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2/CLIP scheme)."""
-    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-                 + list(range(ord("®"), ord("ÿ") + 1)))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:  # unprintable bytes are shifted past 255, in byte order
-            chars[b] = chr(256 + extra)
-            extra += 1
-    # CLIP orders the vocabulary printable-first; keep that so "!" is id 0 as in SDXL.
-    return [chars[b] for b in printable] + [chars[b] for b in range(256) if b not in printable]
-
-
-def _vocab() -> dict[str, int]:
-    """CLIP-style vocabulary: bytes, bytes + ``</w>``, merge results, then the specials."""
-    alphabet = _byte_alphabet()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + [a + b for a, b in _MERGES]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {tok: i for i, tok in enumerate(tokens)}
-
-
-def build_tokenizer(pad_token: str):
-    """A ``CLIPTokenizer`` over the locally written demo vocabulary (77 tokens max)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=_vocab(), merges=list(_MERGES),
-                         pad_token=pad_token, model_max_length=77)
-
-
-def write_tokenizer_files(folder: Path, pad_token: str) -> None:
-    """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` by hand.
-
-    Written directly (not via ``save_pretrained``) so the bytes depend only on this code.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(_vocab(), ensure_ascii=False), "utf-8")
-    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES)
-    (folder / "merges.txt").write_text(merges, "utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": pad_token,
-        "do_lower_case": True,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
 
 
 # --- saving ------------------------------------------------------------------------------

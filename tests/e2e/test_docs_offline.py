@@ -10,58 +10,21 @@ under ``CI=true``, where it fails.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 
 import httpx
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,900",
-         # No name resolves but loopback: a page that needs a CDN cannot get one, online or not.
-         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+from tests.support.browser import chromium
+
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
-
-
-def _missing() -> str | None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed (pip install -e '.[test]')"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            return f"{path} not found: apt-get install chromium chromium-driver (scripts/bootstrap.sh --test does)"
-    return None
+# No name resolves but loopback: a page that needs a CDN cannot get one, online or not.
+NO_DNS = "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"
 
 
 @pytest.fixture
 def browser():
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the docs browser test must run in CI: {reason}")
-        pytest.skip(reason)
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never try to download a driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="pixelmill-docs-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
+    with chromium("docs", NO_DNS, log_network=True, page_load_timeout=30) as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def _requested_urls(driver) -> list[str]:
