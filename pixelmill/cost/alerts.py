@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Literal
 
-import httpx
 
 from pixelmill.cost.report import CostReport, store_report
-from pixelmill.core.errors import InvalidRequest
 from pixelmill.jobs.store import JobStore
-from pixelmill.outbound.webhooks import USER_AGENT, encode_body, secret_from, sign
-from pixelmill.outbound.netguard import check_url, guarded_async_client
+from pixelmill.outbound.webhooks import WebhookSender, secret_from
 
 log = logging.getLogger("pixelmill.cost")
 EVENT = "cost.crossover"
@@ -100,37 +95,9 @@ def alert_body(event: dict, report: CostReport) -> dict:
             "message": crossing_message(event, report), "verdict": report.verdict}
 
 
-def signed_headers(secret: bytes, payload: bytes, *, timestamp: int | None = None) -> dict[str, str]:
-    """Headers of an alert POST: the same signature scheme as job webhooks."""
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    return {
-        "Content-Type": "application/json", "User-Agent": USER_AGENT, "X-Pixelmill-Event": EVENT,
-        "X-Pixelmill-Delivery": uuid.uuid4().hex, "X-Pixelmill-Timestamp": str(timestamp),
-        "X-Pixelmill-Signature": sign(secret, timestamp, payload),
-    }
-
-
-async def send_alert(url: str, body: dict, *, secret: bytes, allow_private: bool, attempts: int = 3) -> dict:
-    """POST a signed alert; retried on network errors and 5xx. Returns the outcome (never raises)."""
-    payload = encode_body(body)
-    outcome: dict = {"url": url, "ok": False, "attempts": 0}
-    try:
-        await asyncio.to_thread(check_url, url, allow_private=allow_private, param="cost_alert_webhook")
-        async with guarded_async_client(allow_private=allow_private, param="cost_alert_webhook") as client:
-            for attempt in range(1, attempts + 1):
-                outcome["attempts"] = attempt
-                try:
-                    response = await client.post(url, content=payload, headers=signed_headers(secret, payload))
-                except httpx.TransportError as exc:
-                    outcome["error"] = f"{type(exc).__name__}: {exc}"
-                else:
-                    outcome |= {"status_code": response.status_code, "ok": response.is_success}
-                    if response.status_code < 500:
-                        break
-                await asyncio.sleep(2 ** attempt)
-    except InvalidRequest as exc:
-        outcome["error"] = exc.message
-    return outcome
+def alert_sender(secret: bytes, *, allow_private: bool, attempts: int = 3) -> WebhookSender:
+    """The job webhooks' sender, for crossover alerts: the same signature, URL guard and retries."""
+    return WebhookSender(secret, allow_private, max_attempts=attempts, events=(EVENT,), param="cost_alert_webhook")
 
 
 async def check_once(services) -> dict | None:
@@ -145,8 +112,9 @@ async def check_once(services) -> dict | None:
     settings = services.settings
     if settings.cost_alert_webhook:
         secret = secret_from(settings.webhook_secret, settings.data_dir / "webhook-secret")
-        outcome = await send_alert(settings.cost_alert_webhook, alert_body(event, report), secret=secret,
-                                   allow_private=settings.webhook_allow_private)
+        sender = alert_sender(secret, allow_private=settings.webhook_allow_private)
+        result = await sender.deliver(settings.cost_alert_webhook, EVENT, alert_body(event, report))
+        outcome = {"url": settings.cost_alert_webhook, **result.to_dict()}
         watch.webhook_deliveries.append(outcome)
         if not outcome["ok"]:
             log.warning("cost: crossover webhook to %s failed: %s", outcome["url"], outcome)

@@ -211,6 +211,8 @@ class WebhookSender:
         max_backoff_s: float = 60.0,
         max_retry_after_s: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        events: tuple[str, ...] = EVENTS,
+        param: str = "webhook.url",
     ):
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -222,11 +224,13 @@ class WebhookSender:
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
         self._sleep = sleep if sleep is not None else anyio.sleep  # injectable so tests can record delays
+        self.events = events  # job events by default; the cost alerts send their own
+        self.param = param  # the setting or field a refused URL is reported under
 
     async def deliver(self, url: str, event: str, body: dict) -> DeliveryResult:
         """POST ``body`` as ``event`` to ``url``, retrying as documented; never raises for I/O."""
-        if event not in EVENTS:
-            raise ValueError(f"unknown webhook event {event!r}; expected one of {EVENTS}")
+        if event not in self.events:
+            raise ValueError(f"unknown webhook event {event!r}; expected one of {self.events}")
         try:
             await anyio.to_thread.run_sync(self._check, url)
         except InvalidRequest as exc:
@@ -234,12 +238,12 @@ class WebhookSender:
         payload = encode_body(body)
         delivery_id = uuid.uuid4().hex
         async with guarded_async_client(
-            allow_private=self.allow_private, timeout_s=self.timeout_s, param="webhook.url"
+            allow_private=self.allow_private, timeout_s=self.timeout_s, param=self.param
         ) as client:
             return await self._attempts(client, url, event, payload, delivery_id)
 
     def _check(self, url: str) -> None:
-        check_url(url, allow_private=self.allow_private, param="webhook.url")
+        check_url(url, allow_private=self.allow_private, param=self.param)
 
     async def _attempts(
         self, client: httpx.AsyncClient, url: str, event: str, payload: bytes, delivery_id: str

@@ -35,7 +35,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.support.server import free_port, subprocess_env
+from tests.support.server import free_port, subprocess_env, wait_healthy
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -147,16 +147,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory):
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"the quick-start server exited:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the quick-start server never got ready:\n{log.read_text()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_healthy(url, process, 180, log.read_text)
         yield scratch, url
     finally:
         process.terminate()

@@ -25,6 +25,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float, log) -> None:
+    """Return once ``url``'s ``/health`` answers 200; raise with ``log()`` if the process exits
+    (RuntimeError) or ``timeout`` seconds pass (TimeoutError)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log()}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server not ready after {timeout} s:\n{log()}")
+
+
 class ServerProcess:
     """``pixelmill serve`` in a subprocess; ``url`` once ``/health`` says ready."""
 
@@ -45,18 +61,11 @@ class ServerProcess:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+        try:
+            wait_healthy(self.url, self.process, timeout, self.log)
+        except TimeoutError:
+            self.stop()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

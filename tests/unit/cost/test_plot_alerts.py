@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pixelmill.cost.alerts import CrossoverWatch, crossing_state, signed_headers
+import asyncio
+
+from pixelmill.cost.alerts import CrossoverWatch, alert_sender, crossing_state
 from pixelmill.cost.plot import CurveInputs, plot_curves, volume_range
-from pixelmill.outbound.webhooks import encode_body, verify
+from pixelmill.outbound.webhooks import verify
+from tests.support.receiver import Receiver
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,9 +48,23 @@ def test_watch_alerts_only_on_crossings_both_ways():
     assert watch.public()["checks_total"] == 6 and watch.public()["state"] == "above"
 
 
-def test_alert_headers_verify_like_job_webhooks():
-    payload = encode_body({"event": "cost.crossover", "volume": 1})
-    headers = signed_headers(b"secret", payload, timestamp=1_800_000_000)
-    assert headers["X-Pixelmill-Event"] == "cost.crossover"
-    assert verify(b"secret", headers["X-Pixelmill-Timestamp"], headers["X-Pixelmill-Signature"], payload,
-                  now=1_800_000_010)
+def test_alerts_go_through_the_job_webhook_sender_and_verify_like_job_webhooks():
+    """One sender for jobs and alerts: same signature, same URL guard, same retries."""
+    receiver = Receiver()
+    try:
+        sender = alert_sender(b"secret", allow_private=True)  # the receiver is on loopback
+        result = asyncio.run(sender.deliver(f"{receiver.url}/alerts", "cost.crossover",
+                                            {"event": "cost.crossover", "volume": 1}))
+        assert result.ok and result.attempts == 1
+        (request,) = receiver.requests
+        headers = request["headers"]
+        assert headers["X-Pixelmill-Event"] == "cost.crossover"
+        assert verify(b"secret", headers["X-Pixelmill-Timestamp"], headers["X-Pixelmill-Signature"], request["body"])
+    finally:
+        receiver.close()
+
+
+def test_alert_urls_are_guarded_and_named_after_the_setting():
+    result = asyncio.run(alert_sender(b"secret", allow_private=False).deliver(
+        "http://127.0.0.1:9/alerts", "cost.crossover", {"event": "cost.crossover"}))
+    assert not result.ok and result.attempts == 0  # refused before any request was sent
