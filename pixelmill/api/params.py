@@ -22,7 +22,7 @@ import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Path, Query, Request
 
 from pixelmill.core.errors import InvalidRequest, NotFound
 from pixelmill.db.tables import decode_cursor, utc
@@ -135,3 +135,30 @@ FileId = Annotated[str, Depends(file_id_param)]
 KeyRef = Annotated[str, Depends(key_ref_param)]
 PageCursor = Annotated[str | None, Depends(page_cursor_param)]
 Since = Annotated[datetime | None, Depends(since_param)]
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Refuse a query parameter the route does not take (400 naming it).
+
+    A misspelt ``?limt=5`` would otherwise be ignored and the caller would silently get
+    the default; the native API says so instead. The names come from the route's own
+    declared parameters (sub-dependencies included), so there is no list to keep in step.
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    known = set(_query_names(dependant))
+    for name in request.query_params:
+        if name not in known:
+            accepted = ", ".join(sorted(known)) or "none"
+            raise InvalidRequest(f"unknown query parameter {_shown(name)}; this route takes: {accepted}",
+                                 param=name)
+
+
+def _query_names(dependant) -> list[str]:
+    """The query parameter names a FastAPI dependant declares, its sub-dependencies included."""
+    names = [param.alias for param in dependant.query_params]
+    for sub in dependant.dependencies:
+        names += _query_names(sub)
+    return names

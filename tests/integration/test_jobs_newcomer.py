@@ -169,3 +169,11 @@ def test_an_unfinished_batch_archive_is_409_unless_partial(server):
     manifest, images = _manifest(whole)
     assert manifest["complete"] is True and len(images) == 1
     assert manifest["counts"]["succeeded"] == 1 and manifest["counts"]["canceled"] == 1
+
+
+def test_an_unknown_query_parameter_on_the_native_api_is_400_naming_it(server):
+    response = httpx.get(f"{server.url}/v1/jobs", params={"limt": "5"}, timeout=10)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "limt" and "limit" in error["message"]  # names what the route takes
+    assert httpx.get(f"{server.url}/v1/jobs", params={"limit": "5"}, timeout=10).status_code == 200

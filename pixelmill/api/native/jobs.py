@@ -16,7 +16,7 @@ from pixelmill.api.intake import build_requests, check_batch_size
 from pixelmill.api.native.events import job_event_stream
 from pixelmill.api.native.protocol import PARAM_NAMES, BatchCreate, BatchPublic, JobCreate
 from pixelmill.api.offload import run_cpu
-from pixelmill.api.params import BatchId, JobId, PageCursor, Since
+from pixelmill.api.params import BatchId, JobId, PageCursor, Since, reject_unknown_query
 from pixelmill.auth.keys import Principal
 from pixelmill.core.types import JobRecord, JobStatus
 from pixelmill.core.errors import Conflict, InvalidRequest, NotFound
@@ -25,7 +25,8 @@ from pixelmill.jobs.views import JobPublic, job_public
 from pixelmill.outbound.netguard import check_url
 from pixelmill.services import Services
 
-router = APIRouter(prefix="/v1", tags=["Jobs"], dependencies=[Depends(current_principal)])
+router = APIRouter(prefix="/v1", tags=["Jobs"],
+                   dependencies=[Depends(current_principal), Depends(reject_unknown_query)])
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 

@@ -18,12 +18,14 @@ from pixelmill.api.errors import error_body, request_id_of, wire_params
 from pixelmill.api.native.events import job_events, sse
 from pixelmill.api.native.protocol import PARAM_NAMES, GenerationCreate, GenerationPublic
 from pixelmill.api.offload import run_cpu
+from pixelmill.api.params import reject_unknown_query
 from pixelmill.core.types import JobRecord
 from pixelmill.core.errors import PixelmillError
 from pixelmill.jobs.service import raise_for_job
 from pixelmill.services import Services
 
-router = APIRouter(prefix="/v1", tags=["Native"], dependencies=[Depends(current_principal)])
+router = APIRouter(prefix="/v1", tags=["Native"],
+                   dependencies=[Depends(current_principal), Depends(reject_unknown_query)])
 
 
 async def _public(services: Services, job: JobRecord) -> GenerationPublic:
