@@ -163,23 +163,10 @@ class ZipStreamWriter:
         self._zip.writestr(self._info(name, compression), data)
 
 
-def iter_zip(entries: Iterable[ArchiveEntry], manifest: dict[str, Any] | None = None) -> Iterator[bytes]:
-    """The archive as a stream of chunks (one per entry); ``entries`` is consumed lazily.
-
-    ``manifest`` adds top-level fields to ``manifest.json`` (e.g. ``batch_id``); its
-    ``files`` list is always generated. Suitable for Starlette's ``StreamingResponse``,
-    which runs synchronous iterators in a thread.
-    """
-    writer = ZipStreamWriter(manifest)
-    for entry in entries:
-        yield writer.add(entry)
-    yield writer.finish()
-
-
 async def zip_stream(
     entries: AsyncIterable[ArchiveEntry] | Iterable[ArchiveEntry], manifest: dict[str, Any] | None = None
 ) -> AsyncIterator[bytes]:
-    """Async version of :func:`iter_zip`.
+    """The archive as an async stream of chunks (one per entry), for ``StreamingResponse``.
 
     Reading the next entry from a synchronous iterable (typically a file read) and
     writing it (CRC, hashing) run in a worker thread, so the event loop stays free.

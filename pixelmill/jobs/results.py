@@ -27,10 +27,6 @@ class ResultStore:
         self.root = root
         self.retention_s = retention_s
 
-    def put(self, data: bytes, media_type: str) -> str:
-        """Store ``data`` and return its new unguessable id."""
-        return self.put_many([(data, media_type)])[0]
-
     def put_many(self, files: list[tuple[bytes, str]]) -> list[str]:
         """Store each ``(data, media_type)``; returns their new ids in order."""
         self.root.mkdir(parents=True, exist_ok=True)

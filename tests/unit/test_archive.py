@@ -18,12 +18,12 @@ import pytest
 
 from pixelmill.core.types import ControlSpec, GenerationRequest, JobRecord, JobStatus, Mode
 from pixelmill.core.errors import NotFound
+from tests.support.zips import iter_zip
 from pixelmill.jobs.archive import (
     MANIFEST_NAME,
     ArchiveEntry,
     ZipStreamWriter,
     entry_name,
-    iter_zip,
     job_entries,
     zip_stream,
 )
@@ -197,8 +197,8 @@ def _job(job_id: str, file_ids: list[str], seeds: list[int]) -> JobRecord:
 
 def test_job_entries_read_stored_results_and_skip_missing_ones(tmp_path):
     store = ResultStore(tmp_path, retention_s=60)
-    first = [store.put(b"png-1", "image/png"), store.put(b"png-2", "image/png")]
-    second = [store.put(b"webp-3", "image/webp"), "x" * 32]  # the second file is gone
+    first = [store.put_many([(b"png-1", "image/png")])[0], store.put_many([(b"png-2", "image/png")])[0]]
+    second = [store.put_many([(b"webp-3", "image/webp")])[0], "x" * 32]  # the second file is gone
     jobs = [_job("job_one", first, [5, 6]), _job("job_two", second, [9, 10])]
 
     batch = list(job_entries(jobs, store))

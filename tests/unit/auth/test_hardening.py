@@ -118,7 +118,7 @@ def test_a_500s_request_id_is_in_the_log_with_the_traceback(make_app, caplog):
 
 def test_served_files_have_a_fixed_type_and_nosniff(make_app):
     app = make_app()
-    file_id = app.app.state.services.results.put(b"<html><script>alert(1)</script>", "image/png")
+    file_id = app.app.state.services.results.put_many([(b"<html><script>alert(1)</script>", "image/png")])[0]
     response = app.call("GET", f"/v1/files/{file_id}")
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
