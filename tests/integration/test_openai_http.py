@@ -155,3 +155,13 @@ def test_every_response_has_a_request_id(server):
     response = post_generation(server, size="1x1")
     assert len(response.headers["x-request-id"]) == 16
     assert error_of(response)["request_id"] == response.headers["x-request-id"]
+
+
+def test_unknown_fields_are_ignored_and_named_in_a_header(server):
+    """OpenAI's SDK adds parameters often; a newer client keeps working, and a typo is visible."""
+    response = post_generation(server, prompt="x", size="64x64", steps=1, respons_format="url", svg=True)
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Pixelmill-Ignored-Fields"] == "respons_format, svg"
+    assert "b64_json" in response.json()["data"][0]  # the misspelt response_format had no effect
+    known = post_generation(server, prompt="x", size="64x64", steps=1)
+    assert "X-Pixelmill-Ignored-Fields" not in known.headers

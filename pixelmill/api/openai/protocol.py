@@ -35,6 +35,9 @@ PARAM_NAMES = {
 }
 """Internal field → OpenAI wire parameter, for error bodies."""
 
+IGNORED_FIELDS_HEADER = "X-Pixelmill-Ignored-Fields"
+"""Response header naming the request fields the OpenAI routes ignored (comma-separated)."""
+
 SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 Quality = Literal["auto", "standard", "hd", "low", "medium", "high"]
 QUALITY_STEPS = {"low": 15, "medium": 25, "high": 40, "hd": 40}
@@ -57,7 +60,14 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
 class _Common(AdapterFields):
     """Fields shared by generations, edits and variations."""
 
-    model_config = ConfigDict(extra="ignore")
+    # Unknown fields are kept aside, not refused: the openai SDK adds parameters often
+    # (svg, partial_images, safety_identifier, …) and a client on a newer SDK must keep
+    # working. They are never silent: the response names them (IGNORED_FIELDS_HEADER).
+    model_config = ConfigDict(extra="allow")
+
+    def ignored_fields(self) -> list[str]:
+        """The body's fields this server does not know, which it ignored."""
+        return sorted(self.model_extra or {})
 
     model: str | None = None
     n: WireInt = Field(1, description="Number of images (at most the server's max_n, 10 by default).",

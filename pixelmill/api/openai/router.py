@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import ValidationError
 
 from pixelmill.api.auth import SubmitterDep, current_principal
 from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import wire_params
 from pixelmill.api.openai.protocol import (
+    IGNORED_FIELDS_HEADER,
     PARAM_NAMES,
     ImageEditForm,
     ImageGenerationCreate,
@@ -45,6 +46,12 @@ def _multipart_body(model: type) -> dict:
     }
     schema["required"] = [*schema.get("required", []), "image"]
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _say_ignored(body, response: Response) -> None:
+    """Name the fields the body had that this server ignored (so a typo is visible)."""
+    if ignored := body.ignored_fields():
+        response.headers[IGNORED_FIELDS_HEADER] = ", ".join(ignored)
 
 
 async def _respond(
@@ -78,9 +85,10 @@ async def _read_form(http: Request, model: type, services: Services):
 
 @router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
 async def create_image(
-    body: ImageGenerationCreate, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+    body: ImageGenerationCreate, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep, response: Response
 ) -> ImagesResponse:
     """Generate images from a prompt (OpenAI ``images.generate``)."""
+    _say_ignored(body, response)
     with wire_params(PARAM_NAMES):
         request = await run_cpu(body.to_request, services.settings)  # control images: decoded off the loop
     return await _respond(services, request, body.response_format, base_url, who)
@@ -91,10 +99,11 @@ async def create_image(
     openapi_extra=_multipart_body(ImageEditForm),
 )
 async def edit_image(
-    http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+    http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep, response: Response
 ) -> ImagesResponse:
     """Repaint the masked area of an image (OpenAI ``images.edit``: alpha 0 = edit)."""
     form, body, upload = await _read_form(http, ImageEditForm, services)
+    _say_ignored(body, response)
     mask_upload = await read_image(form, "mask", services.settings, required=False)
     # The requested size says whether this is an outpaint (a border to generate around the image).
     image_png, mask_png = await inpaint_pngs(upload, mask_upload, body.mask_mode, parse_size(body.size))
@@ -109,10 +118,11 @@ async def edit_image(
     openapi_extra=_multipart_body(ImageVariationForm),
 )
 async def create_variation(
-    http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep
+    http: Request, services: ServicesDep, base_url: BaseUrlDep, who: SubmitterDep, response: Response
 ) -> ImagesResponse:
     """Variations of an image (OpenAI ``images.create_variation``), made with img2img."""
     _, body, image = await _read_form(http, ImageVariationForm, services)
+    _say_ignored(body, response)
     with wire_params(PARAM_NAMES):
         request = body.to_request(services.settings, await variation_png(image))
     return await _respond(services, request, body.response_format, base_url, who)
