@@ -90,7 +90,8 @@ def test_worker_killed_mid_job_another_worker_finishes_it(demo_models: Path, tmp
     doomed = WorkerProcess(tmp_path / "a", *worker_args).start().wait_ready()
     rescuer = WorkerProcess(tmp_path / "b", *worker_args)
     try:
-        job_id = submit(api.url, steps=150, width=256, height=256)
+        # Long enough to be killed while running; the rescuer runs it again in full.
+        job_id = submit(api.url, steps=40, width=256, height=256)
         running = wait_running(api.url, job_id)
         doomed.kill()
         rescuer.start()
@@ -157,7 +158,7 @@ def test_sigterm_finishes_the_running_job_twice_releases_it(demo_models: Path, t
     impatient = WorkerProcess(tmp_path / "b", *worker_args)
     try:
         graceful.start().wait_ready()
-        first = submit(api.url, steps=80, width=256, height=256)
+        first = submit(api.url, steps=20, width=256, height=256)
         wait_running(api.url, first)
         graceful.process.terminate()  # one SIGTERM: finish the job, then exit
         assert graceful.process.wait(timeout=60) == 0
