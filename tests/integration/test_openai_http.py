@@ -165,3 +165,11 @@ def test_unknown_fields_are_ignored_and_named_in_a_header(server):
     assert "b64_json" in response.json()["data"][0]  # the misspelt response_format had no effect
     known = post_generation(server, prompt="x", size="64x64", steps=1)
     assert "X-Pixelmill-Ignored-Fields" not in known.headers
+
+
+def test_ignored_field_names_are_escaped_in_the_header(server):
+    """Names are the client's text: non-ASCII and CR/LF are escaped, never a 500 or a split header."""
+    response = post_generation(server, prompt="x", size="64x64", steps=1, **{"é\r\nX-Evil: 1": 1})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Pixelmill-Ignored-Fields"] == "\\u00e9\\r\\nX-Evil: 1"
+    assert "X-Evil" not in response.headers

@@ -7,6 +7,7 @@ app's one error table, with internal parameter names renamed to OpenAI's.
 
 from __future__ import annotations
 
+import json
 import time
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -49,9 +50,14 @@ def _multipart_body(model: type) -> dict:
 
 
 def _say_ignored(body, response: Response) -> None:
-    """Name the fields the body had that this server ignored (so a typo is visible)."""
+    """Name the fields the body had that this server ignored (so a typo is visible).
+
+    The names are the client's own text: JSON-escaped to printable ASCII (a header holds
+    nothing else, and a CR/LF must never split it) and capped in number and length.
+    """
     if ignored := body.ignored_fields():
-        response.headers[IGNORED_FIELDS_HEADER] = ", ".join(ignored)
+        names = [json.dumps(name)[1:-1][:64] for name in ignored[:20]]
+        response.headers[IGNORED_FIELDS_HEADER] = ", ".join(names) + (", ..." if len(ignored) > 20 else "")
 
 
 async def _respond(
