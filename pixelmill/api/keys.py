@@ -26,11 +26,11 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from pixelmill.api.auth import get_authenticator, require_admin
-from pixelmill.api.errors import error_response, request_id_of, wire_params
+from pixelmill.api.errors import wire_params
 from pixelmill.api.params import KeyRef
 from pixelmill.auth.keys import ApiKey
 from pixelmill.auth.store import KeyStore
-from pixelmill.core.errors import InvalidRequest
+from pixelmill.core.errors import Conflict, InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["Keys (admin)"], dependencies=[Depends(require_admin)])
 
@@ -42,8 +42,8 @@ FIRST_KEY_WARNING = (
 _CREATE_LOCK = threading.Lock()  # one create at a time: the first-key and name checks hold
 
 
-class NameTaken(InvalidRequest):
-    """An active key already has this name; answered 409, not 400 (see :func:`create_key`)."""
+class NameTaken(Conflict):
+    """An active key already has this name (409 through the error table)."""
 
     code = "name_taken"
 
@@ -103,18 +103,12 @@ async def list_keys(request: Request) -> KeyList:
 
 @router.post("/keys", status_code=201, response_model=KeyCreated,
              responses={409: {"description": "An active key has this name."}})
-async def create_key(body: KeyCreate, request: Request):
+async def create_key(body: KeyCreate, request: Request) -> KeyCreated:
     """Create an API key (admin); the answer holds the key, shown this once.
 
     The first key needs ``confirm_enable_keys: true``; a name an active key has is 409.
     """
-    try:
-        key, token = await asyncio.to_thread(_create, get_authenticator(request).keys, body)
-    except NameTaken as exc:
-        # The error table has no 409 row for a client's conflict: answer it here.
-        response = error_response(exc, request_id_of(request))
-        response.status_code = 409
-        return response
+    key, token = await asyncio.to_thread(_create, get_authenticator(request).keys, body)
     return KeyCreated(**KeyPublic.of(key).model_dump(), key=token)
 
 

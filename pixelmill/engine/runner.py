@@ -24,10 +24,7 @@ from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EngineState = BackendState
-"""Former name of :class:`~pixelmill.core.backend.BackendState` (kept for old imports)."""
-
-__all__ = ["CancelToken", "EngineRunner", "EngineState"]
+__all__ = ["CancelToken", "EngineRunner"]
 
 
 class EngineRunner:

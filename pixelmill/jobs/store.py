@@ -203,12 +203,7 @@ class JobStore(LeaseStore):
 
     def queue_position(self, job_id: str) -> int | None:
         """1-based place of a queued job in claim order; None when it is not queued."""
-        with read_transaction(self.engine) as conn:
-            job = self._row(conn, job_id)
-            if job.status != QUEUED.value:
-                return None
-            ahead = sa.select(sa.func.count()).where(jobs.c.status == QUEUED.value, t.ahead_in_queue(job))
-            return conn.execute(ahead).scalar_one() + 1
+        return self.queue_positions([job_id]).get(job_id)
 
     def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
         """:meth:`queue_position` of many jobs in one query: ``{job id: place}`` for those

@@ -39,7 +39,6 @@ import enum
 import functools
 import json
 import os
-import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -47,9 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pixelmill.core.errors import InvalidRequest, NotFound
+from pixelmill.core.policy import NAME_PATTERN, check_name
 from pixelmill.registry.manifest import manifest_problem
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 
 
@@ -77,16 +76,6 @@ class ModelEntry:
     def listed_kind(self) -> str:
         """The kind listings show: ``refiner`` for refiner checkpoints, else the kind's name."""
         return "refiner" if self.refiner else self.kind.name
-
-
-def check_name(name: str, *, param: str) -> str:
-    """Refuse anything that is not a plain identifier (before touching the filesystem)."""
-    if not NAME_PATTERN.fullmatch(name or "") or ".." in name:
-        raise InvalidRequest(
-            f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-' only",
-            param=param,
-        )
-    return name
 
 
 def _size_of(path: Path) -> int:
