@@ -22,7 +22,7 @@ from typing import Protocol
 
 from pixelmill.core.errors import ModelUnavailable
 from pixelmill.core.types import JobRecord, JobStatus
-from pixelmill.jobs.store import MAX_PAGE, JobStore
+from pixelmill.jobs.store import JobStore
 from pixelmill.settings import Settings
 
 
@@ -72,9 +72,8 @@ class Availability:
         now = datetime.now(timezone.utc)
         if (now - job.created_at).total_seconds() < self.silence_s:
             return None
-        running, _ = await asyncio.to_thread(self.store.list_jobs, status=JobStatus.running, limit=MAX_PAGE)
-        beats = [job.heartbeat_at for job in running if job.heartbeat_at is not None]
-        if beats and (now - max(beats)).total_seconds() < self.silence_s:
+        last = await asyncio.to_thread(self.store.last_heartbeat)
+        if last is not None and (now - last).total_seconds() < self.silence_s:
             return None  # workers are alive, just busy
         return (f"no worker has been seen for {self.silence_s:.0f} s (none claimed a job or renewed a "
                 "lease): start one with `pixelmill worker` against this database")

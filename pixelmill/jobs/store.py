@@ -221,6 +221,13 @@ class JobStore(LeaseStore):
         with read_transaction(self.engine) as conn:
             return {job_id: position for job_id, position in conn.execute(stmt)}
 
+    def last_heartbeat(self) -> datetime | None:
+        """When any worker last renewed a running job's lease (None: no job is running)."""
+        with read_transaction(self.engine) as conn:
+            latest = conn.execute(sa.select(sa.func.max(jobs.c.heartbeat_at))
+                                  .where(jobs.c.status == RUNNING.value)).scalar_one()
+        return t.utc_or_none(latest)
+
     def count(self, status: JobStatus) -> int:
         """How many jobs are in ``status``."""
         with read_transaction(self.engine) as conn:

@@ -361,3 +361,14 @@ def test_unknown_batch(store: JobStore):
     with pytest.raises(InvalidRequest):
         store.submit_batch([])
     assert store.count(JobStatus.queued) == 0
+
+
+def test_last_heartbeat_is_the_latest_lease_renewal_of_a_running_job(store: JobStore):
+    assert store.last_heartbeat() is None  # nothing running
+    store.submit(req())
+    before = datetime.now(timezone.utc)
+    job = claim_one(store)
+    assert before - timedelta(seconds=1) <= store.last_heartbeat() <= datetime.now(timezone.utc)
+    assert store.last_heartbeat() == job.heartbeat_at
+    reap_all(store)  # the lease ran out: back to the queue, nothing running
+    assert store.last_heartbeat() is None
