@@ -98,7 +98,8 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     )
     app.state.services = services
     app.state.auth = Authenticator(settings, KeyStore(services.store.engine))
-    install_error_handlers(app)
+    # Error shapes of dialects whose clients expect their own error body (first match wins).
+    install_error_handlers(app, shapes=())
     app.add_middleware(RequestContextMiddleware, settings=settings)
     _add_cors(app, settings)
     app.include_router(system.router)

@@ -1,9 +1,15 @@
-"""The one table from pixelmill errors to HTTP, and the error body every route returns.
+"""The one table from pixelmill errors to HTTP, and the error body each dialect returns.
 
-Body (OpenAI's envelope, which every dialect so far can use)::
+The default body is OpenAI's envelope (the OpenAI and native routes)::
 
     {"error": {"message": "...", "type": "invalid_request_error",
                "param": "size", "code": "invalid_request", "request_id": "..."}}
+
+A dialect whose clients expect another shape (A1111's ``{"error", "detail", …}``, Replicate's
+RFC 7807 problem) declares an :class:`ErrorShape`: the paths it answers for, its body, and the
+few statuses where its clients expect another code. ``create_app`` installs the shapes; every
+error, whether raised in a route, found by validation or refused by the middleware before the
+body is read, is rendered through :func:`error_response` with the shape of its path.
 
 Server faults (5xx) carry the request id, which also appears in the log next to the
 traceback; the body never contains a traceback, a path or a secret.
@@ -13,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from pixelmill.core import errors
 
@@ -41,12 +50,17 @@ STATUS_TABLE: list[tuple[type[errors.PixelmillError], int, str]] = [
 ]
 
 
-def status_of(exc: errors.PixelmillError) -> tuple[int, str]:
-    """HTTP status and OpenAI error type for ``exc``."""
+def status_of(exc: errors.PixelmillError, shape: ErrorShape | None = None) -> tuple[int, str]:
+    """HTTP status and OpenAI error type for ``exc`` (a ``shape``'s own status wins)."""
     for cls, status, kind in STATUS_TABLE:
         if isinstance(exc, cls):
-            return status, kind
-    raise AssertionError("PixelmillError is the last row of the table")
+            break
+    else:
+        raise AssertionError("PixelmillError is the last row of the table")
+    for cls, own in (shape.statuses if shape else {}).items():
+        if isinstance(exc, cls):
+            return own, kind
+    return status, kind
 
 
 def request_id_of(request: Request) -> str | None:
@@ -61,25 +75,62 @@ def encodable(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def error_body(exc: errors.PixelmillError, request_id: str | None) -> dict:
-    """The envelope for ``exc``; 5xx messages name the request id to quote in a report."""
-    status, kind = status_of(exc)
+def error_message(exc: errors.PixelmillError, status: int, request_id: str | None) -> str | None:
+    """``exc``'s message, safe to encode; a 5xx's names the request id to quote in a report."""
     message = f"{exc.message} (request id {request_id})" if status >= 500 and request_id else exc.message
+    return encodable(message)
+
+
+def error_body(exc: errors.PixelmillError, request_id: str | None) -> dict:
+    """OpenAI's envelope for ``exc`` (the default shape)."""
+    status, kind = status_of(exc)
     return {
         "error": {
-            "message": encodable(message), "type": kind, "param": encodable(exc.param),
+            "message": error_message(exc, status, request_id), "type": kind, "param": encodable(exc.param),
             "code": exc.code, "request_id": request_id,
         }
     }
 
 
-def error_response(exc: errors.PixelmillError, request_id: str | None) -> JSONResponse:
-    """The JSON response for ``exc``: status from the table, envelope body."""
-    status, _ = status_of(exc)
+@dataclass(frozen=True)
+class ErrorShape:
+    """How one dialect writes errors.
+
+    ``matches(path)`` says which request paths it answers for; ``body(exc, status,
+    request_id)`` builds the body; ``statuses`` overrides the table for the classes where the
+    dialect's clients expect another code (e.g. 422 for invalid input), most specific first.
+    """
+
+    name: str
+    matches: Callable[[str], bool]
+    body: Callable[[errors.PixelmillError, int, str | None], Any]
+    statuses: Mapping[type[errors.PixelmillError], int] = field(default_factory=dict)
+    media_type: str = "application/json"
+    authenticate: str = 'Bearer realm="pixelmill"'  # the WWW-Authenticate challenge of a 401
+
+
+OPENAI_SHAPE = ErrorShape("openai", lambda path: True, lambda exc, status, request_id: error_body(exc, request_id))
+
+
+def shape_for(scope: Scope) -> ErrorShape:
+    """The error shape of the dialect serving ``scope``'s path (OpenAI's when none claims it)."""
+    app = scope.get("app")
+    shapes: Sequence[ErrorShape] = getattr(getattr(app, "state", None), "error_shapes", ())
+    path = scope.get("path", "")
+    return next((shape for shape in shapes if shape.matches(path)), OPENAI_SHAPE)
+
+
+def error_response(
+    exc: errors.PixelmillError, request_id: str | None, shape: ErrorShape = OPENAI_SHAPE, *, status: int | None = None
+) -> JSONResponse:
+    """The response for ``exc`` in ``shape``: status from the table (or ``status``), the dialect's body."""
+    status = status or status_of(exc, shape)[0]
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Overloaded) else None
     if isinstance(exc, errors.Unauthorized):
-        headers = {"WWW-Authenticate": 'Bearer realm="pixelmill"'}  # RFC 6750: say how to authenticate
-    return JSONResponse(error_body(exc, request_id), status_code=status, headers=headers)
+        headers = {"WWW-Authenticate": shape.authenticate}  # RFC 6750/7617: say how to authenticate
+    return JSONResponse(
+        shape.body(exc, status, request_id), status_code=status, headers=headers, media_type=shape.media_type
+    )
 
 
 @contextlib.contextmanager
@@ -118,24 +169,26 @@ def _validation_error(exc: RequestValidationError) -> errors.InvalidRequest:
     return validation_error(list(exc.errors()))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception through the table above."""
+def install_error_handlers(app: FastAPI, shapes: Sequence[ErrorShape] = ()) -> None:
+    """Route every exception through the table above, in the shape of the path's dialect
+    (``shapes`` in order; OpenAI's envelope where none matches)."""
+    app.state.error_shapes = tuple(shapes)
 
     @app.exception_handler(errors.PixelmillError)
     async def _pixelmill(request: Request, exc: errors.PixelmillError) -> JSONResponse:
         if status_of(exc)[0] >= 500:
             log.error("request %s failed: %s", request_id_of(request), exc.message)
-        return error_response(exc, request_id_of(request))
+        return error_response(exc, request_id_of(request), shape_for(request.scope))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(_validation_error(exc), request_id_of(request))
+        return error_response(_validation_error(exc), request_id_of(request), shape_for(request.scope))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         cls = errors.NotFound if exc.status_code == 404 else errors.InvalidRequest
         error = cls(str(exc.detail))
-        response = error_response(error, request_id_of(request))
+        response = error_response(error, request_id_of(request), shape_for(request.scope))
         response.status_code = exc.status_code
         response.headers.update(exc.headers or {})  # e.g. Allow on 405, as RFC 9110 requires
         if exc.status_code == 405:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pixelmill.api.errors import error_response
+from pixelmill.api.errors import error_response, shape_for
 from pixelmill.api.offload import CpuPool, using
 from pixelmill.api.origin import SAFE_METHODS, cross_site_reason, is_browser, rebinding_reason
 from pixelmill.auth.bind import is_loopback
@@ -312,11 +312,9 @@ async def _answer(
     scope: Scope, send: Send, error: PixelmillError, request_id: str, *, status: int | None = None, close: bool = False
 ) -> None:
     """Answer with ``error``'s envelope (``status`` overrides the table's); ``close`` ends the connection."""
-    response = error_response(error, request_id)
-    if status is not None:
-        response.status_code = status
-        if status == 503:
-            response.headers["Retry-After"] = "5"
+    response = error_response(error, request_id, shape_for(scope), status=status)
+    if status == 503:
+        response.headers["Retry-After"] = "5"
     if close:
         response.headers["Connection"] = "close"
     await response(scope, _no_receive, send)
