@@ -204,6 +204,14 @@ class Settings(BaseSettings):
     """URL that gets a signed POST when the trailing volume crosses the crossover."""
     # --- end cost --------------------------------------------------------------------
 
+    # --- operations ------------------------------------------------------------------
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as text for people, or ``json`` (one object per line, with the request id
+    and job id where they exist) for a log collector."""
+    metrics_public: bool = False
+    """Serve ``/metrics`` without an API key (for a Prometheus server that sends none).
+    Off: ``/metrics`` needs an admin key, like the other admin routes."""
+
     @model_validator(mode="after")
     def _check_ranges(self) -> "Settings":
         if self.min_side > self.max_side:

@@ -9,6 +9,7 @@ The rule (see README, Security):
 
 Open routes: ``/health``, ``/v1/files/{id}`` (capability URLs: ids are unguessable) and the
 API docs (``/docs``, ``/redoc``, ``/openapi.json``: the same facts as the source code).
+``/metrics`` is an admin route unless ``--metrics-public`` opens it (see :mod:`.metrics`).
 
 A request with a body is authenticated by the API middleware before the body is read
 (an unauthenticated client cannot make the server hold its upload); the route's

@@ -15,6 +15,9 @@ In order, each step before the body is read so that a refused client costs no me
    route at once (a job it queued goes on), and a server shutting down ends the routes
    still open (503) when uvicorn's graceful-shutdown time is up;
 8. the last-resort 500: the traceback goes to the log, the client gets the request id.
+
+Every request's log lines carry its id (:mod:`pixelmill.observe.logs`), and its route
+template and status are counted for ``/metrics`` (:mod:`.metrics`).
 """
 
 from __future__ import annotations
@@ -22,17 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelmill.api.errors import error_response, shape_for
+from pixelmill.api.metrics import route_labels
 from pixelmill.api.offload import CpuPool, using
 from pixelmill.api.origin import SAFE_METHODS, cross_site_reason, is_browser, rebinding_reason
 from pixelmill.auth.bind import is_loopback
 from pixelmill.core.errors import Forbidden, InvalidRequest, Overloaded, PayloadTooLarge, PixelmillError, Unauthorized
 from pixelmill.images.budget import pixel_budget
+from pixelmill.observe.logs import request_id_var
 from pixelmill.settings import Settings
 
 log = logging.getLogger("pixelmill.api")
@@ -62,7 +68,8 @@ class RequestContextMiddleware:
             return
         request_id = secrets.token_hex(8)
         scope.setdefault("state", {})["request_id"] = request_id
-        send = _with_request_id(send, request_id)
+        send, status = _status_tracked(_with_request_id(send, request_id))
+        arrived, log_context = time.perf_counter(), request_id_var.set(request_id)
         headers = Headers(scope=scope)
         declared = _declared_length(headers)
         has_body = bool(declared) or "transfer-encoding" in headers
@@ -90,6 +97,8 @@ class RequestContextMiddleware:
                 )
         finally:
             _release(reservation)
+            request_id_var.reset(log_context)
+            _count(scope, status, time.perf_counter() - arrived)
 
     async def _admit(
         self, scope: Scope, headers: Headers, declared: int | None, limit: int, has_body: bool
@@ -297,6 +306,30 @@ def _declared_length(headers: Headers) -> int | None:
 def _release(reservation: Callable[[], None] | None) -> None:
     if reservation is not None:
         reservation()
+
+
+def _status_tracked(send: Send) -> tuple[Send, dict[str, int]]:
+    """``send``, noting the answer's status in the returned dict (``"code"``) as it starts."""
+    status: dict[str, int] = {}
+
+    async def tracked(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status["code"] = message["status"]
+        await send(message)
+
+    return tracked, status
+
+
+def _count(scope: Scope, status: dict[str, int], seconds: float) -> None:
+    """Count the request for ``/metrics`` (by route template, after routing; 499: the client
+    hung up before any answer, nginx's convention)."""
+    metrics = getattr(getattr(scope.get("app"), "state", None), "http_metrics", None)
+    if metrics is not None:
+        method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # a client's token: bound it
+        metrics.observe(*route_labels(scope), method, status.get("code", 499), seconds)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _with_request_id(send: Send, request_id: str) -> Send:

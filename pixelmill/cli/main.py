@@ -7,7 +7,6 @@ random-weight model, ``models`` lists the models directory.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,6 +20,7 @@ from pixelmill.cli.keys import app as keys_app
 from pixelmill.cli.keys import check_bind_address
 from pixelmill.cli.cost import cost_app
 from pixelmill.cli.options import WORKER, App, with_settings
+from pixelmill.observe.logs import configure_logging
 from pixelmill.settings import Settings
 
 app = App(
@@ -50,11 +50,8 @@ def _root(
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+def _configure_logging(level: str, settings: Settings) -> None:
+    configure_logging(level, settings.log_format)  # text, or JSON lines with request and job ids
 
 
 @app.command()
@@ -70,7 +67,7 @@ def serve(
     """
     from pixelmill.cli.serve import port_problem, run_server
 
-    _configure_logging(log_level)
+    _configure_logging(log_level, settings)
     source = _check_model_choice(settings)
     check_bind_address(settings)
     problem = port_problem(settings.host, settings.port)  # before anything starts: one line, no model load
@@ -117,7 +114,7 @@ def worker(
 
     from pixelmill.cli.worker import run_worker_process
 
-    _configure_logging(log_level)
+    _configure_logging(log_level, settings)
     _check_model_choice(settings)
     raise typer.Exit(asyncio.run(run_worker_process(settings)))
 

@@ -50,13 +50,14 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Cost": ("cost_gpu_hour", "cost_overhead_month", "cost_gpu_month", "cost_hours_per_month", "cost_utilisation",
              "cost_compare_to", "cost_config"),
     "Cost alerts": ("cost_check_interval_s", "cost_alert_webhook"),
+    "Operations": ("log_format", "metrics_public"),
 }
 """Help panels, in the order ``--help`` shows them; every setting belongs to one."""
 OTHER = "Other settings"
 """The panel of a setting no section names yet (a test keeps it empty)."""
 
 # What each command reads; everything else it still takes from PIXELMILL_* variables.
-WORKER = ("Storage", "Models", "Device", "Workers", "Webhooks", "public_url")
+WORKER = ("Storage", "Models", "Device", "Workers", "Webhooks", "public_url", "log_format")
 STORE = ("data_dir", "db")
 COST = (*STORE, "Cost")
 

@@ -119,7 +119,9 @@ def run_server(settings: Settings, *, log_level: str, hub_model: bool, console: 
     # timeout_graceful_shutdown: on SIGTERM, requests still open after it are ended (503, see api.middleware).
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=log_level, access_log=False,
-        timeout_graceful_shutdown=settings.shutdown_timeout_s))
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        # JSON logs: no uvicorn handlers of its own; its records go through the root (JSON) handler.
+        **({"log_config": None} if settings.log_format == "json" else {})))
     watch = _Watch()
     backends = list(app.state.services.backends)
     if settings.model and backends:

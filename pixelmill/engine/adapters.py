@@ -33,6 +33,7 @@ from pixelmill.core.types import LoraSpec
 from pixelmill.engine.hotswap import NotHotswappable, UnetLora, UnetSlots
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry
+from pixelmill.observe.metrics import ENGINE_CACHES
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,9 @@ class LoraCache:
         entry = self._registry.resolve(ModelKind.lora, name, param=param)
         version = _file_version(entry.path)
         resident = self._resident.get(name)
-        if resident is not None and resident.version == version:
+        hit = resident is not None and resident.version == version
+        ENGINE_CACHES.record("lora", hit=hit)  # for /metrics
+        if hit:
             self._resident.move_to_end(name)
             return resident
         with base_params_kept(self._pipe):

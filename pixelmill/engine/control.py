@@ -25,6 +25,7 @@ from pixelmill.engine.device import DeviceConfig, free_memory
 from pixelmill.images.codecs import open_png
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PixelmillError
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry
+from pixelmill.observe.metrics import ENGINE_CACHES
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class ControlNetCache:
         param = f"controlnets[{index}].name"
         entry = self.registry.resolve(ModelKind.controlnet, name, param=param)
         model = self._models.get(name)
+        ENGINE_CACHES.record("controlnet", hit=model is not None)  # for /metrics
         if model is None:
             model = self._load(entry.path, name, param)
         # Checked on every use: the base model may have changed since it was loaded.

@@ -1,7 +1,8 @@
 """A job's outward events: webhooks for ``started``, ``progress`` and ``completed``.
 
 Deliveries run in the background so a slow receiver never slows a worker; each
-attempt's outcome is written to the job (``webhook_state``) so users can see it.
+attempt's outcome is written to the job (``webhook_state``) so users can see it. The same
+events feed this process's job metrics (:class:`~pixelmill.observe.metrics.JobMetrics`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from datetime import datetime
+
 from pixelmill.core.types import JobRecord
 from pixelmill.jobs.store import JobStore
 from pixelmill.jobs.views import job_public
+from pixelmill.observe.logs import bind_jobs, unbind_job
+from pixelmill.observe.metrics import JobMetrics
 from pixelmill.outbound.webhooks import ProgressThrottle, WebhookSender
 
 log = logging.getLogger(__name__)
@@ -19,13 +24,23 @@ log = logging.getLogger(__name__)
 class JobEvents:
     """Sends each job's webhooks, if it asked for them, without blocking the caller."""
 
-    def __init__(self, store: JobStore, sender: WebhookSender | None, *, base_url: str = ""):
+    def __init__(
+        self, store: JobStore, sender: WebhookSender | None, *, base_url: str = "",
+        metrics: JobMetrics | None = None,
+    ):
         self.store = store
+        self.metrics = metrics or JobMetrics()
         self.sender = sender
         self.base_url = base_url
         self._tasks: set[asyncio.Task] = set()
         self._states: dict[str, dict] = {}
         self._throttle = ProgressThrottle()  # progress webhooks: at most one a second per job
+
+    def batch_started(self, jobs: list[JobRecord]) -> None:
+        """A worker starts running ``jobs`` as one batch (before their ``started`` events):
+        metrics, and the jobs' ids on every log line of the worker's task from now on."""
+        bind_jobs([job.id for job in jobs])
+        self.metrics.batch_started(_seconds(job.created_at, job.started_at) or 0.0 for job in jobs)
 
     def started(self, job: JobRecord) -> None:
         self._dispatch(job, "started")
@@ -36,7 +51,10 @@ class JobEvents:
 
     def completed(self, job: JobRecord) -> None:
         self._throttle.forget(job.id)
+        self.metrics.job_finished(job.status.value, _seconds(job.started_at, job.finished_at), job.images,
+                                  job.gpu_seconds)
         self._dispatch(job, "completed")
+        unbind_job(job.id)  # after the dispatch: its delivery's log lines still name the job
 
     def _dispatch(self, job: JobRecord, event: str) -> None:
         if self.sender is None or job.webhook is None or event not in job.webhook.events:
@@ -49,6 +67,9 @@ class JobEvents:
         job = await asyncio.to_thread(self.store.get, job_id)  # the body is the job as it is now
         body = job_public(job, base_url=self.base_url).model_dump(mode="json")
         result = await self.sender.deliver(url, event, body)
+        # refused: the URL guard sent nothing; failed: the receiver or the network, after retries
+        outcome = "delivered" if result.ok else "failed" if result.attempts else "refused"
+        self.metrics.webhook_delivered(event, outcome)
         state = self._states.setdefault(job_id, dict(job.webhook_state or {}))
         state[event] = result.model_dump(mode="json")
         await asyncio.to_thread(self.store.update_webhook_state, job_id, dict(state))
@@ -57,7 +78,12 @@ class JobEvents:
         if not result.ok:
             log.warning("job %s: %s webhook failed: %s", job_id, event, result.error)
 
+
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for deliveries still in flight, e.g. at shutdown."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return (end - start).total_seconds() if start is not None and end is not None else None

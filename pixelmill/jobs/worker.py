@@ -250,6 +250,7 @@ class Worker:
     async def _execute(self, jobs: list[JobRecord]) -> None:
         batch = _Batch([_Run(job) for job in jobs])
         self._current = batch
+        self.events.batch_started(jobs)  # metrics, and the batch's job ids on this task's log lines
         for job in jobs:
             self.notifier.job_changed(job.id)
             self.events.started(job)
