@@ -47,7 +47,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
-    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
     priority: Mapped[int] = mapped_column(sa.Integer, default=0)
     request: Mapped[str] = mapped_column(sa.Text)
     # Its images' ids in input_images. SQL NULL, not JSON null, for "no images": the
@@ -69,7 +69,7 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     progress_step: Mapped[int] = mapped_column(sa.Integer, default=0)
     progress_total: Mapped[int] = mapped_column(sa.Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     result_ids: Mapped[list] = mapped_column(sa.JSON, default=list)
@@ -93,6 +93,12 @@ class Job(Base):
 # Claim order is (priority desc, created_at, id) among queued jobs: this index answers
 # "the next queued job" and "how many are ahead of me" without a sort.
 sa.Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.created_at, Job.id)
+# Listings are newest first (page_query), filtered by status and/or API key: these walk a
+# page's rows in order instead of sorting every match (migration 0005). Both also serve
+# ``status = ?`` / ``api_key_id = ?`` counts, so status needs no index of its own.
+sa.Index("ix_jobs_listing", Job.created_at.desc(), Job.id.desc())
+sa.Index("ix_jobs_status_listing", Job.status, Job.created_at.desc(), Job.id.desc())
+sa.Index("ix_jobs_key_listing", Job.api_key_id, Job.created_at.desc(), Job.id.desc())
 
 
 class Batch(Base):
