@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     """How often a running job's progress is written to the store (SSE and webhooks see
     it at this granularity). Shorter is smoother but costs throughput: each write is a
     committed transaction per job."""
+    preview_steps: int = Field(5, ge=0)
+    """Make a live preview of a running job every this many denoising steps (a small
+    JPEG projected from the latents, no VAE; SSE ``preview`` events, stored about once a
+    second per job). 0 = off: workers make none and event streams do not look for them."""
     poll_interval_s: float = Field(0.2, gt=0)
     """How often an idle worker (or a waiting API call) looks at the store for news. A call
     waiting on a job that runs on a worker of its own process is told of every change

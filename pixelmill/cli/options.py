@@ -39,7 +39,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Device": ("device", "offload", "vae_tiling", "vae_slicing", "compile"),
     "Queue": ("workers", "max_queued", "sync_timeout_s"),
     "Workers": ("worker_id", "lease_s", "heartbeat_s", "progress_interval_s", "poll_interval_s", "max_attempts",
-                "max_batch_size", "max_batch_wait_ms"),
+                "max_batch_size", "max_batch_wait_ms", "preview_steps"),
     "Webhooks": ("webhook_secret", "webhook_allow_private"),
     "Generation defaults": ("default_steps", "default_guidance", "default_strength", "default_mask_blur",
                             "variation_strength"),

@@ -26,7 +26,9 @@ from typing import Protocol
 from pixelmill.core.types import GenerationRequest, JobResult, Progress
 
 ProgressCallback = Callable[[Progress], None]
-"""Called on the event loop with the denoising progress of the running batch."""
+"""Called on the event loop with the denoising progress of the running batch, and with its
+live previews when the backend makes them (:attr:`~pixelmill.core.types.Progress.previews`;
+a backend that makes none just never fills it)."""
 
 
 class BackendState(str, enum.Enum):

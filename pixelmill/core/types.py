@@ -173,6 +173,9 @@ class Progress(BaseModel):
 
     step: int
     total: int
+    previews: dict[int, bytes] = Field(default_factory=dict)
+    """Live previews made at this step (JPEG or PNG bytes), by index of the request in
+    the batch; empty on most reports (see ``preview_steps``)."""
 
 
 class GeneratedImage(BaseModel):

@@ -149,11 +149,26 @@ class ApiKeyRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
+class JobPreview(Base):
+    """The latest live preview of a running job, overwritten in place (jobs/previews.py)."""
+
+    __tablename__ = "job_previews"
+
+    job_id: Mapped[str] = mapped_column(sa.String(40), sa.ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    attempt: Mapped[int] = mapped_column(sa.Integer, doc="The attempt that made it (later ones skip it).")
+    step: Mapped[int] = mapped_column(sa.Integer)
+    media_type: Mapped[str] = mapped_column(sa.String(32))
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 jobs = Job.__table__
 batches = Batch.__table__
 blobs = Blob.__table__
 input_images = InputImage.__table__
 api_keys = ApiKeyRow.__table__
+job_previews = JobPreview.__table__
 
 
 def new_job_id() -> str:

@@ -17,6 +17,7 @@ from pixelmill import __version__
 from pixelmill.core.policy import as_resolved
 from pixelmill.core.types import GeneratedImage, GenerationRequest, JobResult, OutputFormat
 from pixelmill.engine.generation import prompt_length_groups, run_batch
+from pixelmill.engine.preview import PreviewSink, preview_hook
 from pixelmill.images.codecs import encode_image, generation_infotext
 from pixelmill.engine.models import ModelSource, load_source, resolve_source
 from pixelmill.core.errors import GenerationFailed, ModelUnavailable, PixelmillError
@@ -205,9 +206,11 @@ class Engine:
         *,
         on_progress: ProgressCallback | None = None,
         is_canceled: CancelCheck | None = None,
+        on_preview: PreviewSink | None = None,
     ) -> JobResult:
         """Generate ``request.n`` images; raises ``GenerationCanceled`` if canceled."""
-        return self.generate_batch([request], on_progress=on_progress, is_canceled=is_canceled)[0]
+        return self.generate_batch([request], on_progress=on_progress, is_canceled=is_canceled,
+                                   on_preview=on_preview)[0]
 
     def generate_batch(
         self,
@@ -215,10 +218,13 @@ class Engine:
         *,
         on_progress: ProgressCallback | None = None,
         is_canceled: CancelCheck | None = None,
+        on_preview: PreviewSink | None = None,
     ) -> list[JobResult]:
         """Generate compatible requests (equal batch keys) in one pipeline call.
 
         Each result's ``gpu_seconds`` is its share of the call's wall time, by images.
+        ``on_preview`` gets a live preview per request every ``preview_steps`` steps
+        (none when that setting is 0; see :mod:`pixelmill.engine.preview`).
         Requests run as resolved (:func:`~pixelmill.core.policy.as_resolved`): a stored
         job's as it is, an in-process caller's after the same policy the API applies.
         """
@@ -230,7 +236,7 @@ class Engine:
         started = time.perf_counter()
         try:
             model.loras.activate(head.loras)
-            outputs = self._run_groups(model.pipes, requests, on_progress, is_canceled)
+            outputs = self._run_groups(model.pipes, requests, on_progress, is_canceled, on_preview)
         except PixelmillError:
             raise
         except Exception as exc:  # a diffusers/torch failure is a server fault, not the caller's
@@ -250,13 +256,16 @@ class Engine:
             for request, output in zip(requests, outputs)
         ]
 
-    def _run_groups(self, pipes, requests, on_progress, is_canceled) -> list:
+    def _run_groups(self, pipes, requests, on_progress, is_canceled, on_preview=None) -> list:
         """``run_batch`` per group of equal prompt length, outputs back in request order."""
         groups = prompt_length_groups(pipes.base, requests) if len(requests) > 1 else [[0]]
         outputs: list = [None] * len(requests)
         for group in groups:
-            for index, output in zip(group, run_batch(pipes, [requests[i] for i in group], on_progress=on_progress,
-                                                      is_canceled=is_canceled, extras=self._extras)):
+            counts = [requests[i].n for i in group]
+            hook = preview_hook(self.settings.preview_steps, counts, group, on_preview)
+            done = run_batch(pipes, [requests[i] for i in group], on_progress=on_progress,
+                             is_canceled=is_canceled, extras=self._extras, preview=hook)
+            for index, output in zip(group, done):
                 outputs[index] = output
         return outputs
 

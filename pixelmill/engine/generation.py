@@ -17,6 +17,7 @@ from PIL import Image
 
 from pixelmill.core.types import SEED_SPACE, GenerationRequest, Mode, resolve_seed
 from pixelmill.engine.device import nan_guard
+from pixelmill.engine.preview import PreviewHook
 from pixelmill.images.codecs import open_png
 from pixelmill.images.masks import blur_mask, is_outpaint, outpaint_canvas, paste_back
 from pixelmill.engine.prompts import chunk_count, encode_prompts
@@ -50,16 +51,21 @@ def target_size(request: GenerationRequest, native: tuple[int, int]) -> tuple[in
     return native
 
 
-def _step_callback(on_progress, is_canceled, *, offset: int = 0, total: int | None = None) -> Callable:
-    """A ``callback_on_step_end`` reporting progress and stopping on cancel.
+def _step_callback(on_progress, is_canceled, *, offset: int = 0, total: int | None = None,
+                   preview: PreviewHook | None = None) -> Callable:
+    """A ``callback_on_step_end`` reporting progress, handing the latents to the
+    ``preview`` hook (see :mod:`pixelmill.engine.preview`) and stopping on cancel.
 
     With a refiner the base and the refiner each run part of the schedule; ``offset``
     and ``total`` make their steps one count for the client.
     """
     def on_step_end(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        done = offset + step + 1
+        steps = max(total or 0, done, pipe.num_timesteps + offset)
         if on_progress is not None:
-            done = offset + step + 1
-            on_progress(done, max(total or 0, done, pipe.num_timesteps + offset))
+            on_progress(done, steps)
+        if preview is not None:
+            preview(done, steps, callback_kwargs.get("latents"))
         if is_canceled is not None and is_canceled():
             # Raising aborts the denoising loop at once; nothing is decoded or returned.
             raise GenerationCanceled("generation canceled")
@@ -102,11 +108,12 @@ def _mode_inputs(request: GenerationRequest, width: int, height: int) -> _ModeIn
 
 
 def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_canceled=None,
-              extras: EngineExtras | None = None) -> list[PipelineOutput]:
+              extras: EngineExtras | None = None, preview: PreviewHook | None = None) -> list[PipelineOutput]:
     """Run compatible ``requests`` (same :func:`pixelmill.core.batching.batch_key`) in one pipeline call.
 
     Every image gets its own prompt, negative prompt and seeded generator, so an image is
     the same whether it was made alone or in a batch. Returns one output per request.
+    ``preview`` (None: no preview work) sees the latents after each step, refiner included.
     """
     head = requests[0]
     width, height = target_size(head, pipes.native_size)
@@ -116,9 +123,11 @@ def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_
     progress_total = _progress_total(head)
     with use_scheduler(pipe, head.scheduler):
         result = _call(pipe, requests, width, height, seeds, inputs,
-                       _step_callback(on_progress, is_canceled, total=progress_total), control_kwargs)
+                       _step_callback(on_progress, is_canceled, total=progress_total, preview=preview),
+                       control_kwargs)
     if head.refiner is not None:
-        arrays = _refine(pipes, pipe, requests, seeds, result.images, extras, on_progress, is_canceled)
+        arrays = _refine(pipes, pipe, requests, seeds, result.images, extras, on_progress, is_canceled,
+                         preview)
     else:
         arrays = np.asarray(result.images)
     nan_guard(arrays)
@@ -169,7 +178,8 @@ def _pipeline_for(pipes, head: GenerationRequest, width: int, height: int, extra
     return pipe, kwargs, images
 
 
-def _refine(pipes, base_pipe, requests, seeds, latents, extras: EngineExtras | None, on_progress, is_canceled):
+def _refine(pipes, base_pipe, requests, seeds, latents, extras: EngineExtras | None, on_progress, is_canceled,
+            preview: PreviewHook | None = None):
     """Finish the base's latents with the request's refiner (ensemble of experts)."""
     from pixelmill.engine.prompts import encode_prompts_refiner
     from pixelmill.engine.refiner import refine, text_lora_disabled
@@ -186,7 +196,8 @@ def _refine(pipes, base_pipe, requests, seeds, latents, extras: EngineExtras | N
         steps=head.steps, switch_at=head.refiner.switch_at, guidance=head.guidance,
         generators=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
         scheduler=head.scheduler, clip_skip=head.clip_skip,
-        callback_on_step_end=_step_callback(on_progress, is_canceled, offset=done, total=_progress_total(head)),
+        callback_on_step_end=_step_callback(on_progress, is_canceled, offset=done,
+                                            total=_progress_total(head), preview=preview),
     )
 
 

@@ -103,18 +103,26 @@ class EngineRunner:
                 last = now
                 loop.call_soon_threadsafe(on_progress, Progress(step=step, total=total))
 
-        future = self._executor.submit(self._run, requests, report, token)
+        def preview(step: int, total: int, images: dict[int, bytes]) -> None:
+            # Already spaced by the engine (preview_steps, at most one per MIN_GAP_S): never dropped here.
+            loop.call_soon_threadsafe(on_progress, Progress(step=step, total=total, previews=images))
+
+        wants_previews = on_progress is not None and self._settings.preview_steps > 0
+        future = self._executor.submit(self._run, requests, report, token,
+                                       preview if wants_previews else None)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             token.cancel()  # the waiter went away: stop at the next step
             raise
 
-    def _run(self, requests: list[GenerationRequest], report, token: CancelToken) -> list[JobResult]:
+    def _run(self, requests: list[GenerationRequest], report, token: CancelToken,
+             preview=None) -> list[JobResult]:
         engine = self.engine
         self.busy = True
         try:
-            return engine.generate_batch(requests, on_progress=report, is_canceled=lambda: token.canceled)
+            return engine.generate_batch(requests, on_progress=report, is_canceled=lambda: token.canceled,
+                                         on_preview=preview)
         finally:
             self.busy = False
 

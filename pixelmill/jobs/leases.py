@@ -29,6 +29,7 @@ from pixelmill.db import tables as t
 from pixelmill.db.engine import write_transaction
 from pixelmill.db.tables import jobs
 from pixelmill.jobs.inputs import attach_inputs, input_ids, load_images
+from pixelmill.jobs.previews import clear_previews, put_preview
 
 CLAIM_SCAN_WINDOW = 64
 """How many queued jobs past the oldest a batching claim looks at for ones of the same key."""
@@ -172,14 +173,19 @@ class LeaseStore:
             if job is None:
                 return False
             stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(decide(job))
-            return conn.execute(stmt).rowcount == 1
+            if conn.execute(stmt).rowcount != 1:
+                return False
+            clear_previews(conn, [job_id])  # every guarded transition leaves running
+            return True
 
     def heartbeats(
         self, held: list[tuple[str, int]], worker: str, *, lease_s: float,
-        progress: tuple[int, int] | None = None,
+        progress: tuple[int, int] | None = None, previews: dict[str, tuple[int, bytes]] | None = None,
     ) -> dict[str, bool | None]:
         """Extend the leases of a batch's jobs (and store its progress) in one transaction.
 
+        ``previews`` (``{job id: (step, image bytes)}``) replace those jobs' live previews
+        (:mod:`pixelmill.jobs.previews`) in the same transaction, for leases still held.
         One commit (one fsync) per beat, whatever the batch size. Returns, per job id,
         whether its cancellation was requested, or None when the job is no longer running
         under this worker and attempt (its lease is lost: stop working on it).
@@ -194,6 +200,8 @@ class LeaseStore:
                 stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(values)
                 cancel = conn.execute(stmt.returning(jobs.c.cancel_requested)).scalar_one_or_none()
                 answers[job_id] = None if cancel is None else bool(cancel)
+                if cancel is not None and previews and job_id in previews:
+                    put_preview(conn, job_id, attempt, *previews[job_id])
         return answers
 
     def complete_batch(self, worker: str, completions: list[Completion]) -> dict[str, JobRecord | None]:
@@ -209,6 +217,7 @@ class LeaseStore:
                 stmt = sa.update(jobs).where(*guard).values(completion.values(now)).returning(*jobs.c)
                 row = conn.execute(stmt).first()
                 done[completion.job_id] = t.job_record(row._mapping) if row is not None else None
+            clear_previews(conn, [job_id for job_id, job in done.items() if job is not None])
         return done
 
     def fail(
@@ -261,4 +270,5 @@ class LeaseStore:
             for condition, values in steps if ids else ():
                 stmt = sa.update(jobs).where(jobs.c.id.in_(ids), *expired, condition).values(values)
                 affected += conn.execute(stmt.returning(jobs.c.id)).scalars()
+            clear_previews(conn, affected)
         return affected

@@ -19,6 +19,7 @@ from pixelmill.core.errors import (Conflict, GenerationCanceled, GenerationFaile
                                    PayloadTooLarge, WaitTimeout)
 from pixelmill.jobs.availability import Availability
 from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.previews import LivePreview
 from pixelmill.jobs.store import JobStore
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry
 from pixelmill.settings import Settings
@@ -146,6 +147,17 @@ class JobService:
 
     async def queue_position(self, job_id: str) -> int | None:
         return await asyncio.to_thread(self.store.queue_position, job_id)
+
+    async def preview(self, job_id: str) -> LivePreview | None:
+        """The latest live preview of a running job, with its step and media type (None
+        when it is not running or has none yet); stored by whichever worker runs it."""
+        return await asyncio.to_thread(self.store.latest_preview, job_id)
+
+    async def latest_preview(self, job_id: str) -> bytes | None:
+        """The latest live preview of a running job as image bytes (JPEG, or PNG from a
+        backend that makes PNGs), or None; for dialects that show "the current image"."""
+        preview = await self.preview(job_id)
+        return preview.data if preview is not None else None
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job now, or ask the worker to stop a running one.

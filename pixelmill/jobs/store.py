@@ -29,6 +29,7 @@ from pixelmill.db.engine import create_db_engine, read_transaction, upgrade_sche
 from pixelmill.db.tables import batches, jobs
 from pixelmill.jobs.inputs import new_job_row, store_images
 from pixelmill.jobs.leases import CLAIM_SCAN_WINDOW, BatchKey, Completion, LeaseStore
+from pixelmill.jobs.previews import LivePreview, read_preview
 
 __all__ = ["CLAIM_SCAN_WINDOW", "Completion", "JobStore", "MAX_PAGE", "QUEUE_LOCK_KEY"]
 
@@ -181,6 +182,11 @@ class JobStore(LeaseStore):
         if row is None:
             raise NotFound(f"job {job_id!r} does not exist", param="job_id")
         return row
+
+    def latest_preview(self, job_id: str) -> LivePreview | None:
+        """The live preview a running job's worker stored last; None when there is none
+        (not running, previews off, none made yet). See :mod:`pixelmill.jobs.previews`."""
+        return read_preview(self.engine, job_id)
 
     def list_jobs(
         self, *, status: JobStatus | None = None, since: datetime | None = None, batch_id: str | None = None,

@@ -45,6 +45,7 @@ from pixelmill.core.types import JobRecord, JobResult, JobStatus, Progress
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
+from pixelmill.jobs.previews import PreviewBuffer
 from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.jobs.supervisor import Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, supervise
 from pixelmill.settings import Settings
@@ -102,9 +103,13 @@ class _Batch:
     token: CancelToken = field(default_factory=CancelToken)
     progress: tuple[int, int] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    previews: PreviewBuffer = field(default_factory=PreviewBuffer)  # stored by the heartbeat
 
     def on_progress(self, progress: Progress) -> None:
         self.progress = (progress.step, progress.total)
+        for index, data in progress.previews.items():
+            if 0 <= index < len(self.runs):
+                self.previews.offer(self.runs[index].job.id, progress.step, data)
         self.changed.set()
 
 
@@ -393,6 +398,7 @@ class Worker:
             answers = await asyncio.to_thread(
                 self.store.heartbeats, [(run.job.id, run.job.attempt) for run in held], self.id,
                 lease_s=self.settings.lease_s, progress=progress,
+                previews=batch.previews.take(run.job.id for run in held),
             )
         except Exception:  # the store is unreachable: keep working, the leases may still hold
             log.exception("jobs %s: heartbeat failed", [run.job.id for run in held])

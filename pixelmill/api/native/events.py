@@ -1,9 +1,10 @@
 """Server-Sent Events for a job, read from the store so any API host can serve them.
 
 Events: ``queued`` (position), ``started`` (attempt, worker), ``progress`` (step,
-total), then one of ``succeeded`` (the job with result URLs), ``failed`` (the job with
-its error) or ``canceled``. A comment line is sent every 15 s while nothing changes so
-proxies keep the connection open.
+total), ``preview`` (step, total and ``image``, a small JPEG as a ``data:`` URL, whenever
+the worker stored a new live preview; see docs/previews.md), then one of ``succeeded``
+(the job with result URLs), ``failed`` (the job with its error) or ``canceled``. A
+comment line is sent every 15 s while nothing changes so proxies keep the connection open.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ async def _snapshot(service: JobService, job: JobRecord) -> list[tuple[tuple, st
     if job.progress_step:
         progress = {"step": job.progress_step, "total": job.progress_total}
         events.append((("progress", job.attempt, job.progress_step), "progress", progress))
+    # Previews off here (preview_steps 0): no look at the preview table either.
+    preview = await service.preview(job.id) if service.settings.preview_steps > 0 else None
+    if preview is not None:
+        data = {"step": preview.step, "total": job.progress_total, "image": preview.data_url()}
+        events.append((("preview", preview.attempt, preview.step), "preview", data))
     return events
 
 

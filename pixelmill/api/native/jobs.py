@@ -131,7 +131,8 @@ async def cancel_job(
 async def job_events(
     job_id: JobId, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep
 ) -> StreamingResponse:
-    """Server-Sent Events: queued, started, progress, then succeeded, failed or canceled."""
+    """Server-Sent Events: queued, started, progress, preview (a live image), then succeeded,
+    failed or canceled."""
     await _owned_job(services, who, job_id)  # 404 before the stream starts
     return StreamingResponse(
         job_event_stream(services.jobs, job_id, base_url), media_type="text/event-stream",

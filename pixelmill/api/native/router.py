@@ -37,7 +37,7 @@ async def _public(services: Services, job: JobRecord) -> GenerationPublic:
 async def _stream(services: Services, job: JobRecord, base_url: str, request_id: str | None) -> AsyncIterator[bytes]:
     try:
         async for event, data, current in job_events(services.jobs, job.id, base_url):
-            if event in ("queued", "started", "progress"):
+            if event in ("queued", "started", "progress", "preview"):
                 yield sse(event, data)
             elif event:
                 raise_for_job(current)

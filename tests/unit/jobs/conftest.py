@@ -38,7 +38,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
     url = request.getfixturevalue("shared_pg_url")
     engine = create_db_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE jobs, batches, blobs, input_images"))
+        conn.execute(sa.text("TRUNCATE jobs, job_previews, batches, blobs, input_images"))
     engine.dispose()
     return url
 
