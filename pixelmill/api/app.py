@@ -21,7 +21,7 @@ from starlette.middleware.cors import CORSMiddleware
 from pixelmill import __version__
 from pixelmill.api import keys as api_keys
 from pixelmill.api import openapi as api_openapi
-from pixelmill.api import cost, system
+from pixelmill.api import cost, system, ui
 from pixelmill.api import docs as api_docs
 from pixelmill.api import metrics as api_metrics
 from pixelmill.api import models as api_models
@@ -111,6 +111,7 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     app.include_router(api_keys.router)
     app.include_router(api_models.router)
     app.include_router(api_docs.router)
+    app.include_router(ui.router)  # /ui, /ui/gallery: static pages over the API
     api_metrics.install(app, services)  # /metrics, with this app's own registry
     api_openapi.install(app)
     return app
