@@ -20,6 +20,7 @@ from PIL.PngImagePlugin import PngInfo
 from pixelmill.core.types import GenerationRequest, Mode, OutputFormat
 from pixelmill.core.errors import InvalidRequest, PayloadTooLarge
 from pixelmill.images.budget import charge_pixels
+from pixelmill.images.schedules import split_sampler_label
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 """Pillow format names accepted for uploads."""
@@ -196,6 +197,7 @@ def a1111_parameters(
     negative_prompt: str,
     steps: int,
     sampler: str,
+    schedule: str | None,
     cfg_scale: float,
     seed: int,
     width: int,
@@ -206,14 +208,16 @@ def a1111_parameters(
     """Render generation settings in A1111's infotext format.
 
     Line 1.. the prompt, then ``Negative prompt: …`` (omitted when empty), then one
-    settings line ``Steps: 20, Sampler: …, CFG scale: 7, Seed: 42, Size: WxH, Model: …``
-    followed by ``extra`` pairs in their order (``None`` values skipped). Values with
+    settings line ``Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42,
+    Size: WxH, Model: …`` followed by ``extra`` pairs in their order (``None`` values skipped;
+    ``schedule=None`` writes the pre-1.9 line without ``Schedule type``). Values with
     ``,``, ``:``, a newline or a leading quote are JSON-quoted; floats with no fraction
     print as integers. Surrounding whitespace of the whole text is stripped, as A1111 does.
     """
     pairs: dict[str, object] = {
         "Steps": steps,
         "Sampler": sampler,
+        "Schedule type": schedule,
         "CFG scale": cfg_scale,
         "Seed": seed,
         "Size": f"{width}x{height}",
@@ -244,6 +248,9 @@ def generation_infotext(
     * ``ControlNet i``: one quoted value of ``Module, Model, Weight, Guidance Start,
       Guidance End`` pairs per unit (Module is the preprocessor: none, canny, invert).
     * ``Refiner`` and ``Refiner switch at``, as A1111 writes them.
+    * ``Sampler`` and ``Schedule type`` apart, as A1111 >= 1.9 writes them: ``sampler`` is
+      pixelmill's one-name label (``DPM++ 2M Karras``), split by
+      :func:`pixelmill.images.schedules.split_sampler_label`.
     """
     extra: dict[str, object] = {}
     if request.mode is not Mode.txt2img:
@@ -262,12 +269,14 @@ def generation_infotext(
         extra["Refiner switch at"] = request.refiner.switch_at
     extra["Version"] = version
     tags = [f"<lora:{lora.name}:{_format_value(lora.weight)}>" for lora in request.loras]
+    sampler_name, schedule = split_sampler_label(sampler)
     return a1111_parameters(
         # A space, not a comma: A1111 removes the tags before encoding, and a comma would
         # be a token the image was not made with.
         prompt=" ".join(part for part in (request.prompt, *tags) if part),
-        negative_prompt=request.negative_prompt, steps=request.steps, sampler=sampler,
-        cfg_scale=request.guidance, seed=seed, width=width, height=height, model=model, extra=extra,
+        negative_prompt=request.negative_prompt, steps=request.steps, sampler=sampler_name,
+        schedule=schedule, cfg_scale=request.guidance, seed=seed, width=width, height=height, model=model,
+        extra=extra,
     )
 
 

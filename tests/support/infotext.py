@@ -1,8 +1,8 @@
 """Reading back the A1111 ``parameters`` text pixelmill writes into images.
 
-The server only writes infotext (:func:`pixelmill.images.codecs.a1111_parameters`); the tests
-read it back the way A1111's "PNG Info" does, to check that what an image carries describes
-how it was made.
+The server only writes infotext (:func:`pixelmill.images.codecs.generation_infotext`, in
+A1111 >= 1.9's format: ``Sampler: DPM++ 2M, Schedule type: Karras``); the tests read it back
+the way A1111's "PNG Info" does, to check that what an image carries describes how it was made.
 """
 
 from __future__ import annotations

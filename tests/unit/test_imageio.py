@@ -207,7 +207,8 @@ def test_reencode_keeps_pixels_and_alpha():
 BASE = dict(
     negative_prompt="",
     steps=20,
-    sampler="DPM++ 2M Karras",
+    sampler="DPM++ 2M",
+    schedule="Karras",
     cfg_scale=7.0,
     seed=42,
     width=128,
@@ -225,7 +226,7 @@ def test_parameters_exact_format():
     assert text == (
         "a cat\n"
         "Negative prompt: blurry, low quality\n"
-        "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 128x128, "
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 128x128, "
         "Model: demo, Denoising strength: 0.75, Clip skip: 2, Version: pixelmill 0.1.0"
     )
 
@@ -233,9 +234,14 @@ def test_parameters_exact_format():
 def test_parameters_omit_empty_negative_and_format_floats():
     text = a1111_parameters(**{**BASE, "cfg_scale": 7.5}, prompt="a dog", extra={"Skip": None})
     assert text == (
-        "a dog\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, "
+        "a dog\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 42, "
         "Size: 128x128, Model: demo"
     )
+
+
+def test_parameters_without_a_schedule_are_the_pre_1_9_line():
+    text = a1111_parameters(**{**BASE, "sampler": "DPM++ 2M Karras", "schedule": None}, prompt="a dog")
+    assert text == "a dog\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 42, Size: 128x128, Model: demo"
 
 
 def test_parameters_quote_values_like_a1111():
@@ -264,7 +270,7 @@ def test_parameters_round_trip_through_parser(prompt, negative):
     assert parsed["prompt"] == prompt
     assert parsed["negative_prompt"] == negative
     assert parsed["Steps"] == "20"
-    assert parsed["Sampler"] == "DPM++ 2M Karras"
+    assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras")
     assert parsed["CFG scale"] == "7"
     assert parsed["Size"] == "128x128"
     assert parsed["Note"] == extra["Note"]

@@ -9,7 +9,10 @@ import pytest
 from pixelmill.core.types import (
     ControlSpec, GenerationRequest, JobRecord, JobStatus, LoraSpec, Mode, Preprocess, RefinerSpec,
 )
+from pixelmill.api.a1111.samplers import split_label
+from pixelmill.core.samplers import SCHEDULERS, sampler_label
 from pixelmill.images.codecs import generation_infotext
+from pixelmill.images.schedules import split_sampler_label
 from pixelmill.jobs.archive import job_parameters
 from tests.support.infotext import parse_a1111_parameters
 
@@ -38,7 +41,8 @@ def test_infotext_carries_loras_controlnets_refiner_in_a1111_form():
     assert fields["ControlNet 1"] == (
         "Module: none, Model: depth, Weight: 1, Guidance Start: 0, Guidance End: 1")
     assert (fields["Refiner"], fields["Refiner switch at"]) == ("demo-refiner", "0.8")
-    assert (fields["Steps"], fields["Sampler"], fields["CFG scale"], fields["Model"]) == ("4", "Euler a", "7.5", "demo")
+    assert (fields["Steps"], fields["Sampler"], fields["Schedule type"], fields["CFG scale"], fields["Model"]) == (
+        "4", "Euler a", "Automatic", "7.5", "demo")
 
 
 @pytest.mark.parametrize(("clip_skip", "a1111"), [(None, None), (1, "2"), (2, "3"), (11, "12")])
@@ -47,6 +51,42 @@ def test_clip_skip_is_written_in_a1111_counting(clip_skip, a1111):
     # hidden_states[-N] and is omitted at 1 (the last layer).
     fields = infotext(GenerationRequest(prompt="x", steps=2, guidance=7, clip_skip=clip_skip))
     assert fields.get("Clip skip") == a1111
+
+
+def test_settings_line_is_a1111_1_9s_exact_format():
+    request = GenerationRequest(prompt="a lighthouse", mode=Mode.img2img, steps=2, guidance=7, strength=0.5,
+                                clip_skip=1)
+    text = generation_infotext(request, model="demo", sampler="DPM++ 2M Karras", seed=3, width=64, height=48,
+                               version="pixelmill test")
+    assert text == ("a lighthouse\nSteps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3, "
+                    "Size: 64x48, Model: demo, Denoising strength: 0.5, Clip skip: 2, Version: pixelmill test")
+
+
+@pytest.mark.parametrize(("label", "pair"), [
+    ("DPM++ 2M Karras", ("DPM++ 2M", "Karras")),
+    ("DPM++ 2M", ("DPM++ 2M", "Uniform")),           # A1111's Automatic would have been Karras
+    ("DPM++ 2M SDE Exponential", ("DPM++ 2M SDE", "Exponential")),
+    ("Euler Karras", ("Euler", "Karras")),
+    ("Euler a", ("Euler a", "Automatic")),           # the sampler's own sigmas
+    ("euler_a", ("Euler a", "Automatic")),           # a backend reporting pixelmill's id
+    ("FancyScheduler", ("FancyScheduler", "Automatic")),
+])
+def test_sampler_and_schedule_type_are_written_apart(label, pair):
+    fields = infotext_for(label)
+    assert (fields["Sampler"], fields["Schedule type"]) == pair
+
+
+def test_the_infotext_and_a1111s_info_name_the_same_sampler_and_schedule():
+    classes = ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "PNDMScheduler")
+    labels = [spec.label for spec in SCHEDULERS.values()] + [sampler_label(None, name) for name in classes]
+    for label in [*labels, "DPM++ 2M SDE", "euler", "Something Else", ""]:
+        assert split_sampler_label(label) == split_label(label), label
+
+
+def infotext_for(sampler: str) -> dict[str, str]:
+    text = generation_infotext(GenerationRequest(prompt="x", steps=2, guidance=7), model="demo", sampler=sampler,
+                               seed=3, width=64, height=64, version="pixelmill test")
+    return parse_a1111_parameters(text)
 
 
 def test_infotext_of_a_plain_request_has_no_adapter_pairs():

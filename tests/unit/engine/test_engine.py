@@ -45,7 +45,7 @@ def test_metadata_names_sampler_seed_and_model(engine):
     result = engine.generate(request(scheduler="DPM++ 2M Karras", n=2, guidance=7.5))
     fields = [parse_a1111_parameters(read_parameters(img.data)) for img in result.images]
     assert [f["Seed"] for f in fields] == ["5", "6"]
-    assert fields[0]["Sampler"] == "DPM++ 2M Karras"
+    assert (fields[0]["Sampler"], fields[0]["Schedule type"]) == ("DPM++ 2M", "Karras")  # A1111 >= 1.9
     assert fields[0]["CFG scale"] == "7.5" and fields[0]["Model"] == "demo"
     assert result.sampler == "DPM++ 2M Karras" and result.gpu_seconds > 0
 
