@@ -51,8 +51,11 @@ class Settings(BaseSettings):
     model: str | None = None
     """Default model: a name in ``checkpoints/``, a hub id, or a path. Unset: the SDXL
     base from the Hugging Face cache, falling back to the demo model when it cannot load."""
-    model_aliases: list[str] = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini"]
-    """Model names (as OpenAI clients send them) that mean "the default model"."""
+    model_aliases: list[str] = ["dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini",
+                                "stability-ai/sdxl", "black-forest-labs/flux-schnell"]
+    """Model names clients send (OpenAI's, hosted ``owner/name`` ones): a bare ``name`` means
+    "the default model"; ``name=model`` runs ``model`` (a checkpoint name, hub id or another
+    alias), e.g. ``stability-ai/sdxl=my-sdxl``."""
     refiner: str | None = None
     """Refiner checkpoint (a name in ``checkpoints/``) used for every request that does not
     name one; requests can still pass ``refiner`` themselves. Unset: no refiner pass."""
@@ -222,7 +225,22 @@ class Settings(BaseSettings):
             raise ValueError("min_side must not exceed max_side")
         if self.heartbeat_s * 2 > self.lease_s:
             raise ValueError("heartbeat_s must be at most half of lease_s")
+        for entry in self.model_aliases:
+            name, sep, model = entry.partition("=")
+            if not name.strip() or (sep and not model.strip()):
+                raise ValueError(f"model_aliases: {entry!r} is not NAME or NAME=MODEL")
         return self
+
+    @property
+    def model_alias_pairs(self) -> tuple[tuple[str, str], ...]:
+        """``(name, model)`` for each ``name=model`` entry of ``model_aliases``."""
+        pairs = (entry.partition("=") for entry in self.model_aliases)
+        return tuple((name.strip(), model.strip()) for name, sep, model in pairs if sep)
+
+    @property
+    def bare_model_aliases(self) -> set[str]:
+        """The entries of ``model_aliases`` without ``=``: names of the default model."""
+        return {entry.strip() for entry in self.model_aliases if "=" not in entry}
 
     def policy(self) -> Policy:
         """The small view of these settings that the request policy reads (limits,
@@ -238,7 +256,8 @@ class Settings(BaseSettings):
                 mask_blur=self.default_mask_blur, refiner=self.refiner,
                 refiner_switch_at=self.refiner_switch_at,
             ),
-            default_model_names=frozenset({*self.model_aliases, *self.default_model_names}),
+            default_model_names=frozenset({*self.bare_model_aliases, *self.default_model_names}),
+            model_aliases=self.model_alias_pairs,
         )
 
     @property

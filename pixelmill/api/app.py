@@ -25,12 +25,17 @@ from pixelmill.api import cost, system, ui
 from pixelmill.api import docs as api_docs
 from pixelmill.api import metrics as api_metrics
 from pixelmill.api import models as api_models
+from pixelmill.api.a1111 import listing as a1111_listing
+from pixelmill.api.a1111 import router as a1111
 from pixelmill.api.auth import Authenticator
-from pixelmill.api.errors import install_error_handlers
+from pixelmill.api.errors import A1111_SHAPE, COG_SHAPE, REPLICATE_SHAPE, install_error_handlers
 from pixelmill.api.middleware import RequestContextMiddleware
 from pixelmill.api.native import jobs as native_jobs
 from pixelmill.api.native import router as native
 from pixelmill.api.openai import router as openai
+from pixelmill.api.replicate import catalog as replicate_catalog
+from pixelmill.api.replicate import cog
+from pixelmill.api.replicate import router as replicate
 from pixelmill.cost.alerts import watch_crossover
 from pixelmill.auth.store import KeyStore
 from pixelmill.jobs.worker import reap_expired_jobs
@@ -100,20 +105,25 @@ def create_app(settings: Settings, services: Services) -> FastAPI:
     app.state.services = services
     app.state.auth = Authenticator(settings, KeyStore(services.store.engine))
     # Error shapes of dialects whose clients expect their own error body (first match wins).
-    install_error_handlers(app, shapes=())
+    install_error_handlers(app, shapes=(A1111_SHAPE, REPLICATE_SHAPE, COG_SHAPE))
     app.add_middleware(RequestContextMiddleware, settings=settings)
     _add_cors(app, settings)
     app.include_router(system.router)
     app.include_router(openai.router)
     app.include_router(native.router)
     app.include_router(native_jobs.router)
+    app.include_router(a1111.router)  # at the root: A1111 clients overwrite the URL path
+    app.include_router(a1111_listing.router)
+    app.include_router(replicate.router)  # under /replicate: its /v1/files and /v1/models collide at the root
+    app.include_router(replicate_catalog.router)
+    app.include_router(cog.router)  # Cog's own API, under /cog: its /openapi.json and / collide at the root
     app.include_router(cost.router)
+    app.include_router(ui.router)  # /ui, /ui/gallery: static pages over the API
     app.include_router(api_keys.router)
     app.include_router(api_models.router)
     app.include_router(api_docs.router)
-    app.include_router(ui.router)  # /ui, /ui/gallery: static pages over the API
     api_metrics.install(app, services)  # /metrics, with this app's own registry
-    api_openapi.install(app)
+    api_openapi.install(app)  # each route's errors documented in its dialect's shape
     return app
 
 

@@ -1,5 +1,8 @@
 """Who is calling: ``Authorization: Bearer <key>`` checked on every route but the open ones.
 
+HTTP Basic with the key as the password is read the same way (A1111 clients send their
+``--api-auth`` so); :func:`credential_from` is the one parser of the header.
+
 The rule (see README, Security):
 
 * keys exist → every protected route needs a valid, unrevoked key, whatever the address;
@@ -20,6 +23,8 @@ a browser page of another site sent: without keys, nothing else shows a person c
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -34,6 +39,29 @@ from pixelmill.core.errors import Forbidden, Overloaded, Unauthorized
 from pixelmill.settings import Settings
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `pixelmill keys create`.")
+
+
+def credential_from(authorization: str | None) -> str | None:
+    """The API key an ``Authorization`` header carries; None for none (an empty header too).
+
+    ``Bearer <key>``, or HTTP Basic with the key as the password (the user name is free:
+    A1111 clients send ``--api-auth user:password`` this way; a Basic header with only a
+    user name uses it as the key). A header this cannot read is returned as it is, so
+    it fails as a wrong key rather than passing as no credentials.
+    """
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    value = value.strip()
+    if not scheme:
+        return None
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic" and value:
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, ValueError):  # not base64 of "user:password": a wrong key
+            return authorization
+        return password or user or None
+    return authorization
 
 
 class Authenticator:
@@ -83,7 +111,8 @@ async def current_principal(
     known = request.scope.get("state", {}).get("principal")
     if known is not None:
         return known  # authenticated by the middleware before the body was read
-    token = credentials.credentials if credentials else None
+    # Bearer or Basic, read by the one parser the middleware uses (``credentials`` documents Bearer).
+    token = credential_from(request.headers.get("authorization"))
     return await asyncio.to_thread(get_authenticator(request).authenticate, token)
 
 

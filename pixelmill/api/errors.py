@@ -6,10 +6,12 @@ The default body is OpenAI's envelope (the OpenAI and native routes)::
                "param": "size", "code": "invalid_request", "request_id": "..."}}
 
 A dialect whose clients expect another shape (A1111's ``{"error", "detail", …}``, Replicate's
-RFC 7807 problem) declares an :class:`ErrorShape`: the paths it answers for, its body, and the
-few statuses where its clients expect another code. ``create_app`` installs the shapes; every
-error, whether raised in a route, found by validation or refused by the middleware before the
-body is read, is rendered through :func:`error_response` with the shape of its path.
+RFC 7807 problem) declares an :class:`ErrorShape`: the paths it answers for, its body and the
+body's JSON schema, and the few statuses where its clients expect another code. ``create_app``
+installs the shapes; every error, whether raised in a route, found by validation or refused by
+the middleware before the body is read, is rendered through :func:`error_response` with the
+shape of its path (:func:`shape_of_path`), and ``api.openapi`` documents each route's errors
+with the schema of the same shape.
 
 Server faults (5xx) carry the request id, which also appears in the log next to the
 traceback; the body never contains a traceback, a path or a secret.
@@ -81,6 +83,26 @@ def error_message(exc: errors.PixelmillError, status: int, request_id: str | Non
     return encodable(message)
 
 
+_TEXT = {"type": "string"}
+_OPTIONAL_TEXT = {"type": ["string", "null"]}
+
+
+def _object(name: str, required: Sequence[str], /, **properties: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON schema of an error body (``name`` is its ``title``: its name in the OpenAPI
+    components); every body also carries pixelmill's ``param`` and ``request_id``."""
+    properties = {**properties, "param": _OPTIONAL_TEXT, "request_id": _OPTIONAL_TEXT}
+    return {"title": name, "type": "object", "required": list(required), "properties": properties}
+
+
+OPENAI_SCHEMA = {
+    "title": "ErrorResponse", "type": "object", "required": ["error"],
+    "properties": {
+        "error": _object("Error", ["message", "type", "code"], message=_TEXT, type=_TEXT, code=_TEXT),
+    },
+}
+"""The JSON schema of :func:`error_body`."""
+
+
 def error_body(exc: errors.PixelmillError, request_id: str | None) -> dict:
     """OpenAI's envelope for ``exc`` (the default shape)."""
     status, kind = status_of(exc)
@@ -97,27 +119,142 @@ class ErrorShape:
     """How one dialect writes errors.
 
     ``matches(path)`` says which request paths it answers for; ``body(exc, status,
-    request_id)`` builds the body; ``statuses`` overrides the table for the classes where the
-    dialect's clients expect another code (e.g. 422 for invalid input), most specific first.
+    request_id)`` builds the body and ``schema`` is its JSON schema (its ``title`` names it in
+    the OpenAPI document, see :mod:`pixelmill.api.openapi`); ``statuses`` overrides the table
+    for the classes where the dialect's clients expect another code (e.g. 422 for invalid
+    input), most specific first.
     """
 
     name: str
     matches: Callable[[str], bool]
     body: Callable[[errors.PixelmillError, int, str | None], Any]
+    schema: Mapping[str, Any]
     statuses: Mapping[type[errors.PixelmillError], int] = field(default_factory=dict)
     media_type: str = "application/json"
     authenticate: str = 'Bearer realm="pixelmill"'  # the WWW-Authenticate challenge of a 401
 
 
-OPENAI_SHAPE = ErrorShape("openai", lambda path: True, lambda exc, status, request_id: error_body(exc, request_id))
+OPENAI_SHAPE = ErrorShape(
+    "openai", lambda path: True, lambda exc, status, request_id: error_body(exc, request_id), OPENAI_SCHEMA
+)
+
+PROBLEM_TITLES = {
+    400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+    408: "Request timeout", 409: "Conflict", 413: "Payload too large", 422: "Input validation failed",
+    429: "Too many requests", 500: "Internal server error", 503: "Service unavailable", 504: "Timeout",
+}
+"""``title`` of a problem body per status (RFC 7807: the same for every occurrence)."""
+
+
+def problem_body(exc: errors.PixelmillError, status: int, request_id: str | None) -> dict:
+    """An RFC 7807 problem (``type``, ``title``, ``status``, ``detail``, ``instance``) as
+    Replicate writes errors and its client reads them, plus pixelmill's ``param`` and
+    ``request_id``; a 422 also lists the field in ``invalid_fields`` as Replicate does."""
+    detail = error_message(exc, status, request_id)
+    param = encodable(exc.param)
+    if param and detail and param not in detail:
+        # The policy words its messages with internal names ("n must be ..."): lead with the
+        # wire name, since Replicate's client shows only the detail.
+        detail = f"{param}: {detail}"
+    body = {
+        "type": f"urn:pixelmill:problem:{exc.code}",
+        "title": PROBLEM_TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": f"urn:pixelmill:request:{request_id}" if request_id else None,
+        "param": param,
+        "request_id": request_id,
+    }
+    if status == 422:
+        body["invalid_fields"] = [{"type": exc.code, "field": param, "description": detail}]
+    return body
+
+
+PROBLEM_SCHEMA = _object(
+    "Problem", ["type", "title", "status", "detail"], type=_TEXT, title=_TEXT, status={"type": "integer"},
+    detail=_OPTIONAL_TEXT, instance=_OPTIONAL_TEXT,
+    invalid_fields={"type": "array", "items": {"type": "object"}},
+)
+"""The JSON schema of :func:`problem_body`."""
+
+
+REPLICATE_SHAPE = ErrorShape(
+    "replicate", lambda path: path == "/replicate" or path.startswith("/replicate/"),
+    problem_body, PROBLEM_SCHEMA,
+    # Replicate answers invalid input with 422 (a body too large stays 413) and a cancel of a
+    # finished prediction is not an error there (the router returns it as it is).
+    statuses={errors.PayloadTooLarge: 413, errors.InvalidRequest: 422},
+    media_type="application/problem+json",
+)
+"""The Replicate dialect's errors (mounted at ``/replicate``, see docs/replicate.md)."""
+
+
+COG_PREFIX = "/cog"
+"""Where Cog's local API is mounted (``/cog/predictions``): its ``/`` and ``/openapi.json``
+would collide with pixelmill's at the root."""
+
+
+def cog_body(exc: errors.PixelmillError, status: int, request_id: str | None) -> dict:
+    """Cog's error body (FastAPI's ``{"detail": ...}``: a list of ``{loc, msg, type}`` for
+    invalid input, else the message) plus pixelmill's ``param`` and ``request_id``."""
+    message = error_message(exc, status, request_id)
+    param = encodable(exc.param)
+    detail: Any = message
+    if status == 422 and param:
+        detail = [{"loc": ["body", *param.split(".")], "msg": message, "type": exc.code}]
+    return {"detail": detail, "param": param, "request_id": request_id}
+
+
+COG_SCHEMA = _object(
+    "CogError", ["detail"], detail={"anyOf": [_OPTIONAL_TEXT, {"type": "array", "items": {"type": "object"}}]}
+)
+"""The JSON schema of :func:`cog_body`."""
+
+
+COG_SHAPE = ErrorShape(
+    "cog", lambda path: path == COG_PREFIX or path.startswith(f"{COG_PREFIX}/"), cog_body, COG_SCHEMA,
+    statuses={errors.PayloadTooLarge: 413, errors.InvalidRequest: 422},
+)
+"""The errors of Cog's local API (mounted at ``/cog``)."""
+
+
+A1111_PREFIXES = ("/sdapi/", "/internal/", "/controlnet/")
+"""Paths of the AUTOMATIC1111 dialect (mounted at the root, see docs/a1111.md)."""
+
+
+def a1111_body(exc: errors.PixelmillError, status: int, request_id: str | None) -> dict:
+    """A1111's error body (``{"error", "detail", "body", "errors"}``: exception type, message,
+    and ``str(exc)``) plus pixelmill's ``param`` and ``request_id``."""
+    message = error_message(exc, status, request_id)
+    return {"error": type(exc).__name__, "detail": message, "body": "", "errors": f"{status}: {message}",
+            "param": encodable(exc.param), "request_id": request_id}
+
+
+A1111_SCHEMA = _object("A1111Error", ["error", "detail", "body", "errors"],
+                       error=_TEXT, detail=_OPTIONAL_TEXT, body=_TEXT, errors=_TEXT)
+"""The JSON schema of :func:`a1111_body`."""
+
+
+A1111_SHAPE = ErrorShape(
+    "a1111", lambda path: path.startswith(A1111_PREFIXES), a1111_body, A1111_SCHEMA,
+    # A1111 answers invalid input with 422 (pydantic's validation, "Script not found", "always on
+    # script not found"); a body too large stays 413.
+    statuses={errors.PayloadTooLarge: 413, errors.InvalidRequest: 422},
+    authenticate='Basic realm="pixelmill"',  # A1111 clients send --api-auth as HTTP Basic
+)
+"""The AUTOMATIC1111 dialect's errors."""
+
+
+def shape_of_path(app: Any, path: str) -> ErrorShape:
+    """The error shape of the dialect that serves ``path`` in ``app`` (its installed shapes in
+    order; OpenAI's when none claims it). The one lookup, for responses and the OpenAPI document."""
+    shapes: Sequence[ErrorShape] = getattr(getattr(app, "state", None), "error_shapes", ())
+    return next((shape for shape in shapes if shape.matches(path)), OPENAI_SHAPE)
 
 
 def shape_for(scope: Scope) -> ErrorShape:
     """The error shape of the dialect serving ``scope``'s path (OpenAI's when none claims it)."""
-    app = scope.get("app")
-    shapes: Sequence[ErrorShape] = getattr(getattr(app, "state", None), "error_shapes", ())
-    path = scope.get("path", "")
-    return next((shape for shape in shapes if shape.matches(path)), OPENAI_SHAPE)
+    return shape_of_path(scope.get("app"), scope.get("path", ""))
 
 
 def error_response(

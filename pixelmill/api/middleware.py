@@ -31,6 +31,7 @@ from collections.abc import Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pixelmill.api.auth import credential_from
 from pixelmill.api.errors import error_response, shape_for
 from pixelmill.api.metrics import route_labels
 from pixelmill.api.offload import CpuPool, using
@@ -145,8 +146,7 @@ class RequestContextMiddleware:
         auth = self.authenticator or getattr(getattr(scope.get("app"), "state", None), "auth", None)
         if auth is None:
             return None
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+        token = credential_from(headers.get("authorization"))
         try:
             scope["state"]["principal"] = await asyncio.to_thread(auth.authenticate, token)
         except Unauthorized as exc:

@@ -64,12 +64,25 @@ class Policy:
     """Everything :func:`resolve` needs from the settings: limits, defaults, model names.
 
     ``default_model_names`` are the names that mean "the default model" (the OpenAI
-    aliases and the default's own names).
+    aliases and the default's own names); ``model_aliases`` are ``(name, model)`` pairs
+    from ``--model-aliases name=model``: a request naming ``name`` runs ``model``.
     """
 
     limits: Limits
     defaults: Defaults
     default_model_names: frozenset[str]
+    model_aliases: tuple[tuple[str, str], ...] = ()
+
+    def alias_target(self, name: str) -> str:
+        """The model ``name`` stands for under ``model_aliases`` (``name`` itself if none),
+        following an alias of an alias (a hosted version id → ``owner/name`` → checkpoint)."""
+        seen = {name}
+        while (target := next((model for alias, model in self.model_aliases if alias == name), None)) is not None:
+            if target in seen:  # a cycle: stop at the last name reached
+                break
+            seen.add(target)
+            name = target
+        return name
 
 
 class Catalog(Protocol):
@@ -156,8 +169,9 @@ def resolve(request: GenerationRequest, policy: Policy, catalog: Catalog | None 
     """The request as it will be stored and run, or :class:`InvalidRequest` for the first
     limit it breaks (``NotFound`` from ``catalog`` for a model nobody serves).
 
-    LoRA tags move out of the prompt; model aliases become the default model's name
-    (``catalog.default_model``; None without a catalog or while unknown); every unset
+    LoRA tags move out of the prompt; a ``name=model`` alias becomes its model; bare
+    aliases become the default model's name (``catalog.default_model``; None without a
+    catalog or while unknown); every unset
     field gets its default; img2img/inpaint without a size take the input image's, fitted
     to the limits; the scheduler name becomes canonical; the server's default refiner
     applies to txt2img and img2img. ``catalog`` None skips the model-name check.
@@ -211,6 +225,7 @@ def prepare_request(request: GenerationRequest, settings: HasPolicy) -> Resolved
 
 
 def _model(name: str | None, policy: Policy, catalog: Catalog | None) -> str | None:
+    name = policy.alias_target(name) if name else name
     if name and name not in policy.default_model_names:
         return name
     # An alias, the default's own name or nothing: all the same model, so one name

@@ -1,6 +1,7 @@
 """Sampler (scheduler) names: canonical ids, A1111 labels and loose spellings.
 
-Requests name a scheduler loosely ("DPM++ 2M Karras", "dpm++_2m_karras", "euler-a");
+Requests name a scheduler loosely ("DPM++ 2M Karras", "dpm++_2m_karras", "euler-a", or the
+names of Replicate's SDXL model: "KarrasDPM", "K_EULER_ANCESTRAL", "DPMSolverMultistep");
 :func:`canonical_scheduler` maps that to one canonical id such as ``dpmpp_2m_karras`` and
 :func:`sampler_label` gives the A1111 label written into PNG metadata. Pure name work: the
 engine (``pixelmill.engine.schedulers``) builds the diffusers scheduler for a canonical id.
@@ -21,6 +22,7 @@ from pixelmill.core.errors import InvalidRequest
 _PLAIN_SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False,
                  "use_beta_sigmas": False}
 _KARRAS = {**_PLAIN_SIGMAS, "use_karras_sigmas": True}
+_EXPONENTIAL = {**_PLAIN_SIGMAS, "use_exponential_sigmas": True}
 
 
 @dataclass(frozen=True)
@@ -41,19 +43,27 @@ _SPECS = (
                   ("euler_ancestral", "k_euler_a", "k_euler_ancestral", "eulera")),
     SchedulerSpec("dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M",
                   {**_PLAIN_SIGMAS, "algorithm_type": "dpmsolver++", "solver_order": 2},
-                  ("k_dpmpp_2m",)),
+                  ("k_dpmpp_2m", "DPMSolverMultistep")),
     SchedulerSpec("dpmpp_2m_karras", "DPMSolverMultistepScheduler", "DPM++ 2M Karras",
                   {**_KARRAS, "algorithm_type": "dpmsolver++", "solver_order": 2},
-                  ("k_dpmpp_2m_karras",)),
+                  ("k_dpmpp_2m_karras", "KarrasDPM")),
     SchedulerSpec("dpmpp_2m_sde_karras", "DPMSolverMultistepScheduler", "DPM++ 2M SDE Karras",
                   {**_KARRAS, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
                   ("k_dpmpp_2m_sde_karras",)),
+    # A1111 >= 1.9 runs "DPM++ 2M SDE" with the exponential schedule unless told otherwise.
+    SchedulerSpec("dpmpp_2m_sde_exponential", "DPMSolverMultistepScheduler", "DPM++ 2M SDE Exponential",
+                  {**_EXPONENTIAL, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+                  ("k_dpmpp_2m_sde_exponential",)),
+    SchedulerSpec("dpmpp_2m_sde", "DPMSolverMultistepScheduler", "DPM++ 2M SDE",
+                  {**_PLAIN_SIGMAS, "algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+                  ("k_dpmpp_2m_sde",)),
+    SchedulerSpec("euler_karras", "EulerDiscreteScheduler", "Euler Karras", _KARRAS, ("k_euler_karras",)),
     SchedulerSpec("dpmpp_sde_karras", "DPMSolverSDEScheduler", "DPM++ SDE Karras",
                   {**_KARRAS}, ("k_dpmpp_sde_karras",), requires="torchsde"),
     SchedulerSpec("ddim", "DDIMScheduler", "DDIM"),
     SchedulerSpec("unipc", "UniPCMultistepScheduler", "UniPC", _PLAIN_SIGMAS, ("uni_pc",)),
     SchedulerSpec("lcm", "LCMScheduler", "LCM"),
-    SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun", _PLAIN_SIGMAS, ("k_heun",)),
+    SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun", _PLAIN_SIGMAS, ("k_heun", "HeunDiscrete")),
     SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS", _PLAIN_SIGMAS, ("k_lms",),
                   requires="scipy"),
     SchedulerSpec("pndm", "PNDMScheduler", "PLMS", {"skip_prk_steps": True}, ("plms",)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import secrets
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -213,10 +214,21 @@ class JobError(BaseModel):
 
 
 class WebhookSpec(BaseModel):
-    """Where to send a job's events, and which ones (``started``, ``progress``, ``completed``)."""
+    """Where to send a job's events, and which ones (``started``, ``progress``, ``completed``).
+
+    ``body`` is what each delivery carries (``job``: the native job view; ``prediction``:
+    the Replicate prediction, with URLs built on ``base_url``) and ``signing`` how it is
+    signed (``pixelmill``: ``X-Pixelmill-Signature``; ``standard``: Standard Webhooks, as
+    Replicate signs). Stored with the job, so whichever process runs it sends the same.
+    """
 
     url: str
     events: tuple[str, ...] = ("completed",)
+    body: Literal["job", "prediction"] = "job"
+    signing: Literal["pixelmill", "standard"] = "pixelmill"
+    base_url: str | None = None
+    prediction_id: str | None = Field(None, description="The id a Cog client gave the prediction, sent "
+                                      "as the body's id instead of the job id.")
 
 
 class JobRecord(BaseModel):

@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 
 from pixelmill.core.types import JobRecord
+from pixelmill.jobs.predictions import prediction_view
 from pixelmill.jobs.store import JobStore
 from pixelmill.jobs.views import job_public
 from pixelmill.observe.logs import bind_jobs, unbind_job
@@ -65,8 +66,7 @@ class JobEvents:
 
     async def _deliver(self, job_id: str, url: str, event: str) -> None:
         job = await asyncio.to_thread(self.store.get, job_id)  # the body is the job as it is now
-        body = job_public(job, base_url=self.base_url).model_dump(mode="json")
-        result = await self.sender.deliver(url, event, body)
+        result = await self.sender.deliver(url, event, self._body(job), signing=job.webhook.signing)
         # refused: the URL guard sent nothing; failed: the receiver or the network, after retries
         outcome = "delivered" if result.ok else "failed" if result.attempts else "refused"
         self.metrics.webhook_delivered(event, outcome)
@@ -78,6 +78,13 @@ class JobEvents:
         if not result.ok:
             log.warning("job %s: %s webhook failed: %s", job_id, event, result.error)
 
+    def _body(self, job: JobRecord) -> dict:
+        """What the delivery carries: the native job view, or the Replicate prediction
+        (its URLs on the base URL the prediction was created under)."""
+        if job.webhook.body == "prediction":
+            return prediction_view(job, base_url=job.webhook.base_url or self.base_url,
+                                   prediction_id=job.webhook.prediction_id)
+        return job_public(job, base_url=self.base_url).model_dump(mode="json")
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for deliveries still in flight, e.g. at shutdown."""

@@ -59,7 +59,7 @@ class ModelCatalog:
 
     def _check(self, request: GenerationRequest) -> None:
         name = request.model
-        if name and name not in self.settings.model_aliases and name not in self.settings.default_model_names:
+        if name and name not in self.settings.bare_model_aliases and name not in self.settings.default_model_names:
             self.registry.base_model(name)  # a refiner is not a base model: 400 naming model
         for index, lora in enumerate(request.loras):
             self.registry.resolve(ModelKind.lora, lora.name, param=f"loras[{index}].name")

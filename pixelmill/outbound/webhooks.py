@@ -24,6 +24,17 @@ Verifying a delivery (receivers; :func:`verify` does exactly this):
    constant time) **and** the timestamp is within 5 minutes of the receiver's clock.
    The timestamp is signed, so an old delivery cannot be replayed with a fresh one.
 
+**Standard Webhooks** (``signing="standard"``, the Replicate dialect's predictions): the
+same delivery with the headers Replicate sends instead of the ``X-Pixelmill-*`` ones::
+
+    webhook-id: msg_<random id, the same on every retry of one delivery>
+    webhook-timestamp: 1718000000
+    webhook-signature: v1,<base64 HMAC_SHA256(key, "<webhook-id>.<timestamp>.<body>")>
+
+where ``key`` is the server secret's bytes; receivers hold it as
+``"whsec_" + base64(key)`` (:func:`standard_secret`, served by the Replicate dialect's
+``GET /v1/webhooks/default/secret``), which ``replicate.webhooks.validate`` accepts.
+
 Retries: connection errors, timeouts, 429 and 5xx are retried with exponential backoff
 (``backoff_s`` × 1, 2, 4, … capped at ``max_backoff_s``, ±20 % jitter), or after
 ``Retry-After`` when the receiver sends one (capped at ``max_retry_after_s``). Any other
@@ -35,6 +46,7 @@ of order; the body's ``status`` and progress fields are authoritative.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -59,7 +71,9 @@ from pixelmill.core.errors import InvalidRequest
 from pixelmill.outbound.netguard import check_url, guarded_async_client
 
 EVENTS = ("started", "progress", "completed")
+SIGNINGS = ("pixelmill", "standard")
 SIGNATURE_PREFIX = "sha256="
+STANDARD_SECRET_PREFIX = "whsec_"
 USER_AGENT = f"pixelmill-webhooks/{__version__}"
 
 
@@ -101,6 +115,17 @@ def verify(
         return False
     expected = sign(secret, int(timestamp_text), body)
     return hmac.compare_digest(expected.encode(), signature_header.strip().encode())
+
+
+def standard_secret(secret: bytes | str) -> str:
+    """The server secret as Standard Webhooks receivers hold it: ``whsec_`` + base64 of the key."""
+    return STANDARD_SECRET_PREFIX + base64.b64encode(_key(secret)).decode("ascii")
+
+
+def sign_standard(secret: bytes | str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 HMAC-SHA256 of ``id.timestamp.body``."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(_key(secret), signed, hashlib.sha256).digest()).decode("ascii")
 
 
 def encode_body(body: dict) -> bytes:
@@ -227,32 +252,38 @@ class WebhookSender:
         self.events = events  # job events by default; the cost alerts send their own
         self.param = param  # the setting or field a refused URL is reported under
 
-    async def deliver(self, url: str, event: str, body: dict) -> DeliveryResult:
-        """POST ``body`` as ``event`` to ``url``, retrying as documented; never raises for I/O."""
+    async def deliver(self, url: str, event: str, body: dict, *, signing: str = "pixelmill") -> DeliveryResult:
+        """POST ``body`` as ``event`` to ``url``, retrying as documented; never raises for I/O.
+
+        ``signing``: ``pixelmill`` (``X-Pixelmill-*`` headers) or ``standard`` (Standard Webhooks).
+        """
         if event not in self.events:
             raise ValueError(f"unknown webhook event {event!r}; expected one of {self.events}")
+        if signing not in SIGNINGS:
+            raise ValueError(f"unknown webhook signing {signing!r}; expected one of {SIGNINGS}")
         try:
             await anyio.to_thread.run_sync(self._check, url)
         except InvalidRequest as exc:
             return _failed(event, 0, exc.message, None)  # refused: no request was sent
         payload = encode_body(body)
-        delivery_id = uuid.uuid4().hex
+        delivery_id = ("msg_" if signing == "standard" else "") + uuid.uuid4().hex
         async with guarded_async_client(
             allow_private=self.allow_private, timeout_s=self.timeout_s, param=self.param
         ) as client:
-            return await self._attempts(client, url, event, payload, delivery_id)
+            return await self._attempts(client, url, event, payload, delivery_id, signing)
 
     def _check(self, url: str) -> None:
         check_url(url, allow_private=self.allow_private, param=self.param)
 
     async def _attempts(
-        self, client: httpx.AsyncClient, url: str, event: str, payload: bytes, delivery_id: str
+        self, client: httpx.AsyncClient, url: str, event: str, payload: bytes, delivery_id: str,
+        signing: str = "pixelmill",
     ) -> DeliveryResult:
         attempt = 0
         while True:
             attempt += 1
             try:
-                status = await self._attempt(client, url, event, payload, delivery_id)
+                status = await self._attempt(client, url, event, payload, delivery_id, signing)
             except _Permanent as exc:
                 return _failed(event, attempt, exc.error, exc.status_code)
             except _Retry as exc:
@@ -267,18 +298,25 @@ class WebhookSender:
                 )
 
     async def _attempt(
-        self, client: httpx.AsyncClient, url: str, event: str, payload: bytes, delivery_id: str
+        self, client: httpx.AsyncClient, url: str, event: str, payload: bytes, delivery_id: str,
+        signing: str = "pixelmill",
     ) -> int:
         """One POST; returns the 2xx status or raises :class:`_Retry` / :class:`_Permanent`."""
         timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "X-Pixelmill-Event": event,
-            "X-Pixelmill-Delivery": delivery_id,
-            "X-Pixelmill-Timestamp": str(timestamp),
-            "X-Pixelmill-Signature": sign(self.secret, timestamp, payload),
-        }
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if signing == "standard":
+            headers |= {
+                "webhook-id": delivery_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign_standard(self.secret, delivery_id, timestamp, payload),
+            }
+        else:
+            headers |= {
+                "X-Pixelmill-Event": event,
+                "X-Pixelmill-Delivery": delivery_id,
+                "X-Pixelmill-Timestamp": str(timestamp),
+                "X-Pixelmill-Signature": sign(self.secret, timestamp, payload),
+            }
         try:
             # An overall deadline: read timeouts alone let a receiver trickle bytes forever.
             with anyio.fail_after(self.timeout_s * 2):

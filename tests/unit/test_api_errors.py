@@ -9,7 +9,8 @@ import pytest
 
 from pixelmill.core import errors
 from pixelmill.server import build_app
-from pixelmill.api.errors import STATUS_TABLE, status_of
+from pixelmill.api.errors import (A1111_SHAPE, COG_SHAPE, OPENAI_SHAPE, REPLICATE_SHAPE, STATUS_TABLE,
+                                  shape_of_path, status_of)
 from pixelmill.settings import Settings
 
 
@@ -126,3 +127,58 @@ def test_full_queue_is_429_with_retry_after_and_stores_nothing(tmp_path):
     assert len(listed) == 3
     batch = call(application, "POST", "/v1/batches", json={"request": body, "seeds": {"count": 2}})
     assert batch.status_code == 429
+
+
+def _conforms(value, schema: dict) -> bool:
+    """``value`` fits ``schema`` (the subset the error shapes use: type, anyOf, required, properties)."""
+    if "anyOf" in schema:
+        return any(_conforms(value, option) for option in schema["anyOf"])
+    kinds = schema.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    python = {"string": str, "integer": int, "object": dict, "array": list, "null": type(None)}
+    if kinds and not any(isinstance(value, python[kind]) for kind in kinds):
+        return False
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return set(schema.get("required", [])) <= set(value) and all(
+            _conforms(item, properties[key]) for key, item in value.items() if key in properties)
+    return True
+
+
+SHAPES = [OPENAI_SHAPE, A1111_SHAPE, REPLICATE_SHAPE, COG_SHAPE]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
+@pytest.mark.parametrize("exc", [
+    errors.InvalidRequest("steps must be at most 150", param="steps"), errors.Unauthorized("no key"),
+    errors.NotFound("no such job"), errors.WaitTimeout("did not finish"), errors.PixelmillError("boom"),
+], ids=lambda exc: type(exc).__name__)
+def test_each_shape_writes_what_its_schema_documents(shape, exc):
+    body = shape.body(exc, status_of(exc, shape)[0], "rid")
+    assert _conforms(body, shape.schema), (shape.name, body)
+    assert not _conforms({"unrelated": True}, shape.schema)  # the schema does say something
+
+
+def test_openapi_documents_each_route_errors_in_the_shape_that_serves_it(app):
+    document = call(app, "GET", "/openapi.json").json()
+    expected = {"/v1/images/generations": ("application/json", "ErrorResponse"),
+                "/sdapi/v1/txt2img": ("application/json", "A1111Error"),
+                "/controlnet/version": ("application/json", "A1111Error"),
+                "/replicate/v1/predictions": ("application/problem+json", "Problem"),
+                "/cog/predictions": ("application/json", "CogError")}
+    assert set(expected) <= set(document["paths"])  # the A1111 routes are documented too
+    for path, operations in document["paths"].items():
+        shape = shape_of_path(app, path)  # the lookup that renders the errors; checked above on a few
+        media_type, name = expected.get(path) or (shape.media_type, shape.schema["title"])
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            for code in [code for code in responses if code[0] in "45"] + ["4XX", "5XX"]:
+                assert responses[code]["content"] == {
+                    media_type: {"schema": {"$ref": f"#/components/schemas/{name}"}}}, (method, path, code)
+    schemas = document["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    for shape in SHAPES:
+        assert schemas[shape.schema["title"]] == shape.schema
+    # A route's own error status (a key name taken) is documented with the body too.
+    assert "content" in document["paths"]["/v1/keys"]["post"]["responses"]["409"]

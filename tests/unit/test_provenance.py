@@ -9,7 +9,6 @@ import pytest
 from pixelmill.core.types import (
     ControlSpec, GenerationRequest, JobRecord, JobStatus, LoraSpec, Mode, Preprocess, RefinerSpec,
 )
-from pixelmill.api.a1111.samplers import split_label
 from pixelmill.core.samplers import SCHEDULERS, sampler_label
 from pixelmill.images.codecs import generation_infotext
 from pixelmill.images.schedules import split_sampler_label
@@ -74,13 +73,6 @@ def test_settings_line_is_a1111_1_9s_exact_format():
 def test_sampler_and_schedule_type_are_written_apart(label, pair):
     fields = infotext_for(label)
     assert (fields["Sampler"], fields["Schedule type"]) == pair
-
-
-def test_the_infotext_and_a1111s_info_name_the_same_sampler_and_schedule():
-    classes = ("EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSDEScheduler", "PNDMScheduler")
-    labels = [spec.label for spec in SCHEDULERS.values()] + [sampler_label(None, name) for name in classes]
-    for label in [*labels, "DPM++ 2M SDE", "euler", "Something Else", ""]:
-        assert split_sampler_label(label) == split_label(label), label
 
 
 def infotext_for(sampler: str) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""The Replicate predictions dialect, mounted at ``/replicate`` (see docs/replicate.md)."""
