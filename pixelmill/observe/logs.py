@@ -80,6 +80,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+"""The loggers uvicorn's default configuration gives handlers of their own."""
+
+
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     """Root logging for a pixelmill process: ``level`` and the ``text`` or ``json`` format.
 
@@ -89,3 +93,10 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=log_format == "json")
+    if log_format == "json":
+        # A uvicorn configured earlier in this process (its default dictConfig) left text
+        # handlers on its loggers and stopped them propagating: hand them back to the root.
+        for name in UVICORN_LOGGERS:
+            uvicorn_logger = logging.getLogger(name)
+            uvicorn_logger.handlers.clear()
+            uvicorn_logger.propagate = True

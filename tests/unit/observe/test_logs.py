@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import logging.config
+
+import uvicorn.config
 
 from pixelmill.api.middleware import RequestContextMiddleware
 from pixelmill.cli.main import app as cli
@@ -84,6 +87,8 @@ def test_configure_logging_json_makes_every_line_json(capsys):
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
+        # As a uvicorn started earlier in the process leaves them (text handlers, no propagation).
+        logging.config.dictConfig(uvicorn.config.LOGGING_CONFIG)
         configure_logging("info", "json")
         with bound_request("r9"):
             logging.getLogger("uvicorn.error").info("Started server process")
