@@ -10,6 +10,12 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist, share the cores between the worker processes (and the servers they
+# start) instead of every torch process using all of them: oversubscribed threads make the
+# CPU-bound model tests slower than running them one after another.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 from pathlib import Path  # noqa: E402
 

@@ -90,11 +90,13 @@ def test_every_route_but_the_open_ones_needs_a_key(keyed):
 def test_openai_sdk_with_a_valid_key_generates(keyed):
     server, keys = keyed
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=keys["user"], max_retries=0, timeout=120)
+    auth = {"Authorization": f"Bearer {keys['user']}"}
+    # The keyed server is shared by the session: other tests' jobs of this key may exist.
+    before = {job["id"] for job in httpx.get(f"{server.url}/v1/jobs", headers=auth).json()["data"]}
     result = client.images.generate(model="demo", prompt="a fox", size="64x64", extra_body={"seed": 1})
     assert len(result.data) == 1 and result.data[0].b64_json
-    auth = {"Authorization": f"Bearer {keys['user']}"}
-    jobs = httpx.get(f"{server.url}/v1/jobs", headers=auth).json()["data"]
-    assert len(jobs) == 1  # the synchronous call is a job of this key
+    jobs = [job for job in httpx.get(f"{server.url}/v1/jobs", headers=auth).json()["data"] if job["id"] not in before]
+    assert len(jobs) == 1 and jobs[0]["status"] == "succeeded"  # the synchronous call is a job of this key
 
 
 def test_openai_sdk_with_a_wrong_key_raises_authentication_error(keyed):
