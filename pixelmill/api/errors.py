@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from pixelmill.core import errors
+from pixelmill.jobs.predictions import PREFIX as REPLICATE_PREFIX
 
 log = logging.getLogger("pixelmill.api")
 
@@ -178,9 +179,13 @@ PROBLEM_SCHEMA = _object(
 """The JSON schema of :func:`problem_body`."""
 
 
+def mounted_at(prefix: str) -> Callable[[str], bool]:
+    """A path matcher for a dialect mounted under ``prefix`` (the prefix itself included)."""
+    return lambda path: path == prefix or path.startswith(f"{prefix}/")
+
+
 REPLICATE_SHAPE = ErrorShape(
-    "replicate", lambda path: path == "/replicate" or path.startswith("/replicate/"),
-    problem_body, PROBLEM_SCHEMA,
+    "replicate", mounted_at(REPLICATE_PREFIX), problem_body, PROBLEM_SCHEMA,
     # Replicate answers invalid input with 422 (a body too large stays 413) and a cancel of a
     # finished prediction is not an error there (the router returns it as it is).
     statuses={errors.PayloadTooLarge: 413, errors.InvalidRequest: 422},
@@ -212,7 +217,7 @@ COG_SCHEMA = _object(
 
 
 COG_SHAPE = ErrorShape(
-    "cog", lambda path: path == COG_PREFIX or path.startswith(f"{COG_PREFIX}/"), cog_body, COG_SCHEMA,
+    "cog", mounted_at(COG_PREFIX), cog_body, COG_SCHEMA,
     statuses={errors.PayloadTooLarge: 413, errors.InvalidRequest: 422},
 )
 """The errors of Cog's local API (mounted at ``/cog``)."""
