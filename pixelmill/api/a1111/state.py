@@ -12,10 +12,10 @@ caller's options to the server's defaults).
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+from pixelmill.api.recent import RecentMap
 from pixelmill.auth.keys import Principal
 from pixelmill.core.types import JobRecord, JobStatus
 from pixelmill.jobs.store import MAX_PAGE
@@ -34,8 +34,8 @@ class A1111State:
     """Options per caller, and which job each ``force_task_id`` became."""
 
     def __init__(self) -> None:
-        self._options: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._tasks: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._options: RecentMap[str, dict[str, Any]] = RecentMap(MAX_CALLERS)
+        self._tasks: RecentMap[tuple[str, str], str] = RecentMap(MAX_TASKS)
 
     def options(self, caller: str) -> dict[str, Any]:
         """A copy of the options ``caller`` has set."""
@@ -43,17 +43,11 @@ class A1111State:
 
     def set_options(self, caller: str, values: dict[str, Any]) -> None:
         """Merge ``values`` into ``caller``'s options (already validated)."""
-        self._options[caller] = self._options.get(caller, {}) | values
-        self._options.move_to_end(caller)
-        while len(self._options) > MAX_CALLERS:
-            self._options.popitem(last=False)
+        self._options.put(caller, self._options.get(caller, {}) | values)
 
     def remember_task(self, caller: str, task_id: str, job_id: str) -> None:
         """``task_id`` (a client's ``force_task_id``) names ``job_id`` for ``caller``."""
-        self._tasks[(caller, task_id)] = job_id
-        self._tasks.move_to_end((caller, task_id))
-        while len(self._tasks) > MAX_TASKS:
-            self._tasks.popitem(last=False)
+        self._tasks.put((caller, task_id), job_id)
 
     def job_of_task(self, caller: str, task_id: str) -> str | None:
         return self._tasks.get((caller, task_id))

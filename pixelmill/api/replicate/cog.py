@@ -19,7 +19,6 @@ are unsigned; these carry Standard Webhooks signature headers, which receivers m
 from __future__ import annotations
 
 import base64
-from collections import OrderedDict
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path
@@ -31,6 +30,7 @@ from pixelmill.api.auth import PrincipalDep, SubmitterDep, current_principal
 from pixelmill.api.deps import BaseUrlDep, ServicesDep
 from pixelmill.api.errors import COG_PREFIX, wire_params
 from pixelmill.api.params import JOB_ID
+from pixelmill.api.recent import RecentMap
 from pixelmill.api.replicate.models import OUTPUT_SCHEMA
 from pixelmill.api.replicate.protocol import PARAM_NAMES, PredictionCreate, PredictionInput
 from pixelmill.api.replicate.router import input_pngs, webhook_spec
@@ -45,7 +45,7 @@ router = APIRouter(prefix=COG_PREFIX, tags=["Cog"])
 NAMES = {**PARAM_NAMES, "Idempotency-Key": "id"}
 HEALTH = {READY: "READY", "loading": "STARTING", "degraded": "UNHEALTHY", "failed": "SETUP_FAILED"}
 MAX_IDS = 10_000
-_ids: OrderedDict[tuple[str | None, str], str] = OrderedDict()
+_ids: RecentMap[tuple[str | None, str], str] = RecentMap(MAX_IDS)
 """(API key, client id) → job id, for cancel by a client's id: kept by this process, as Cog keeps its
 predictions in memory (the job id itself works on any host)."""
 
@@ -72,13 +72,6 @@ class CogPredictionRequest(BaseModel):
             "input": self.input, "webhook": self.webhook,
             "webhook_events_filter": ["start", "output", "logs", "completed"] if events is None else events,
         })
-
-
-def _remember(who: Principal, cog_id: str, job_id: str) -> None:
-    _ids[(who.key_id, cog_id)] = job_id
-    _ids.move_to_end((who.key_id, cog_id))
-    while len(_ids) > MAX_IDS:
-        _ids.popitem(last=False)
 
 
 async def _cog_view(services: Services, job: JobRecord, cog_id: str) -> dict:
@@ -111,7 +104,7 @@ async def _predict(
             request, webhook=webhook, idempotency_key=f"cog:{cog_id}" if cog_id else None,
             **who.submit_args())
     if cog_id:
-        _remember(who, cog_id, job.id)
+        _ids.put((who.key_id, cog_id), job.id)
     cog_id = cog_id or job.id
     if prefer is not None and "respond-async" in prefer:
         return JSONResponse(await _cog_view(services, job, cog_id), status_code=202)
