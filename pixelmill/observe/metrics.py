@@ -27,6 +27,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pixelmill.core.types import JobStatus
+
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 """Queue wait and run time: from an instant demo job to a half-hour queue."""
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -143,9 +145,10 @@ class CacheCollector(Collector):
             "pixelmill_engine_cache_lookups",
             "Engine cache lookups (LoRA adapters, ControlNet models) by result; this process's engines only.",
             labels=["cache", "result"])
+        counts = self.stats.counts()  # one consistent reading per scrape
         for cache in ("lora", "controlnet"):  # always present, so a rate() has a series from the start
             for result in ("hit", "miss"):
-                family.add_metric([cache, result], self.stats.counts().get((cache, result), 0))
+                family.add_metric([cache, result], counts.get((cache, result), 0))
         yield family
 
 
@@ -162,7 +165,7 @@ class QueueCollector(Collector):
     """Queue depth, oldest queued age (per model) and jobs by status, from ``snapshot()``
     called at each scrape (the store is the truth across processes)."""
 
-    STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+    STATUSES = tuple(status.value for status in JobStatus)  # every status has a series, 0 or not
 
     def __init__(self, snapshot: Callable[[], QueueSnapshot]) -> None:
         self.snapshot = snapshot
