@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from pixelmill.cli import main as cli
 from pixelmill.cli.options import with_settings
 from pixelmill.settings import Settings, load_settings
+from tests.support.cli import settings_from_flags
 
 runner = CliRunner()
 
@@ -41,34 +42,15 @@ def test_every_setting_is_a_documented_serve_flag():
 
 
 def test_flags_reach_settings(monkeypatch):
-    seen = {}
-
-    @with_settings
-    def command(settings: Settings) -> None:
-        seen["settings"] = settings
-
-    import typer
-
-    app = typer.Typer()
-    app.command()(command)
     monkeypatch.setenv("PIXELMILL_PORT", "9001")
-    result = runner.invoke(app, ["--port", "7000", "--offload", "model", "--compile", "--model-aliases", "x"])
+    result, settings = settings_from_flags(["--port", "7000", "--offload", "model", "--compile", "--model-aliases", "x"])
     assert result.exit_code == 0, result.output
-    settings = seen["settings"]
     assert (settings.port, settings.offload, settings.compile, settings.model_aliases) == (7000, "model", True, ["x"])
 
 
 def test_invalid_flag_value_is_a_clear_error():
-    @with_settings
-    def command(settings: Settings) -> None:
-        pass
-
-    import typer
-
-    app = typer.Typer()
-    app.command()(command)
-    result = runner.invoke(app, ["--offload", "everything"])
-    assert result.exit_code != 0
+    result, settings = settings_from_flags(["--offload", "everything"])
+    assert result.exit_code != 0 and settings is None
     assert "offload" in result.output
 
 

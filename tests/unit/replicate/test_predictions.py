@@ -16,6 +16,7 @@ from pixelmill.core.types import GenerationRequest, JobError, JobRecord, JobStat
 from pixelmill.jobs.predictions import prediction_view, progress_line, version_id
 from pixelmill.outbound.webhooks import encode_body, sign_standard, standard_secret
 from pixelmill.settings import Settings
+from tests.support.cli import settings_from_flags
 
 CREATED = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
 
@@ -110,20 +111,7 @@ def test_model_aliases_name_equals_model_pairs_reach_the_policy():
 
 
 def test_repeated_model_alias_flags_give_pairs():
-    import typer
-    from typer.testing import CliRunner
-
-    from pixelmill.cli.options import with_settings
-
-    seen = {}
-
-    @with_settings
-    def command(settings: Settings) -> None:
-        seen["settings"] = settings
-
-    app = typer.Typer()
-    app.command()(command)
-    result = CliRunner().invoke(app, ["--model-aliases", "dall-e-3", "--model-aliases", "stability-ai/sdxl=my-sdxl"])
+    result, settings = settings_from_flags(["--model-aliases", "dall-e-3", "--model-aliases", "stability-ai/sdxl=my-sdxl"])
     assert result.exit_code == 0, result.output
-    assert seen["settings"].model_alias_pairs == (("stability-ai/sdxl", "my-sdxl"),)
-    assert seen["settings"].bare_model_aliases == {"dall-e-3"}
+    assert settings.model_alias_pairs == (("stability-ai/sdxl", "my-sdxl"),)
+    assert settings.bare_model_aliases == {"dall-e-3"}
