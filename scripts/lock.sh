@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-UV_VERSION=0.13.9
+UV_VERSION=$(grep -E '^uv==' locks/uv.txt | cut -d= -f3)
 TORCH_VERSION=$(grep -E '^torch==' locks/torch.txt | cut -d= -f3)
 PY=3.11
 

@@ -209,3 +209,14 @@ def test_markers_are_read_for_the_locks_platform():
     assert range_problems([below], parse_lock("tomli==1.0"), "lock") == []  # pinned for another reason
     assert range_problems([at], {}, "lock") == [f"{at} is not pinned in lock"]
     assert range_problems([at], parse_lock("tomli==1.0"), "lock") == [f"lock pins tomli==1.0, outside {at}"]
+
+
+def test_the_installer_is_pinned_once_and_both_scripts_read_that_pin():
+    """bootstrap.sh installs with uv and lock.sh resolves with it: one pin, locks/uv.txt."""
+    pins = read_lock("uv.txt")
+    assert list(pins) == [canonicalize_name("uv")], "locks/uv.txt pins uv and nothing else"
+    version = str(pinned(pins[canonicalize_name("uv")]))
+    for script in ("bootstrap.sh", "lock.sh"):
+        text = (ROOT / "scripts" / script).read_text()
+        assert "locks/uv.txt" in text, f"scripts/{script} does not read locks/uv.txt"
+        assert version not in text, f"scripts/{script} repeats the uv version instead of reading locks/uv.txt"
