@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pixelmill.core.backend import GenerationBackend
+from pixelmill.gateway.config import GatewayConfig, GatewayConfigError, load_config
+from pixelmill.gateway.dispatch import Dispatcher
+from pixelmill.gateway.worker import UpstreamWorker
 from pixelmill.jobs.availability import Availability
 from pixelmill.jobs.blobs import DatabaseResultStore
 from pixelmill.jobs.events import JobEvents
@@ -48,6 +51,9 @@ class Services:
     availability: Availability
     backends: list[GenerationBackend] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
+    upstream_workers: list[UpstreamWorker] = field(default_factory=list)
+    """One per gateway backend (``--backends``); the app runs them beside the workers."""
+    gateway: GatewayConfig | None = None
 
     @property
     def backend(self) -> GenerationBackend | None:
@@ -111,9 +117,34 @@ def build_services(
         worker_id = base_id if count == 1 else f"{base_id}/{i}"
         backends.append(backend)
         worker_list.append(Worker(settings, store, backend, results, notifier, events, worker_id=worker_id))
-    availability = Availability(settings, store, worker_list)
-    jobs = JobService(settings, store, ModelCatalog(settings, registry), notifier, availability=availability)
+    availability = Availability(settings, store, list(worker_list))
+    gateway = gateway_config(settings)
+    router, upstream_workers = None, []
+    if gateway is not None:
+        router = Dispatcher(gateway, store, list(worker_list), silence_s=settings.lease_s)
+        upstream_workers = [UpstreamWorker(settings, store, backend, results, notifier, events, worker_id=base_id)
+                            for backend in gateway.backends.values()]
+    catalog = ModelCatalog(settings, registry, router)
+    jobs = JobService(settings, store, catalog, notifier, availability=availability, router=router)
     return Services(
         settings=settings, registry=registry, store=store, results=results, notifier=notifier, events=events,
         jobs=jobs, availability=availability, backends=backends, workers=worker_list,
+        upstream_workers=upstream_workers, gateway=gateway,
     )
+
+
+def gateway_config(settings: Settings) -> GatewayConfig | None:
+    """The ``--backends`` file, checked against the settings; None without one.
+
+    A model routed upstream must reach the router under its own name: a bare model alias
+    (or an alias's name) is rewritten to the local model before routing, so it is refused
+    here with the setting to change.
+    """
+    if settings.backends is None:
+        return None
+    config = load_config(settings.backends)
+    aliases = settings.bare_model_aliases | {name for name, _ in settings.model_alias_pairs}
+    for model in sorted(config.upstream_models() & aliases):
+        raise GatewayConfigError(f"{config.source}: model {model!r} is also a --model-aliases name, which "
+                                 "resolves to a local model before routing; remove it from --model-aliases")
+    return config

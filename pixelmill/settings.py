@@ -211,6 +211,13 @@ class Settings(BaseSettings):
     """URL that gets a signed POST when the trailing volume crosses the crossover."""
     # --- end cost --------------------------------------------------------------------
 
+    # --- gateway ---------------------------------------------------------------------
+    backends: Path | None = None
+    """Upstream backends and per-model routes (a TOML file, see docs/gateway.md): serve some
+    models from hosted APIs or another pixelmill. Credentials come from environment
+    variables the file names. Unset: every job runs on this fleet's own workers."""
+    # --- end gateway -----------------------------------------------------------------
+
     # --- operations ------------------------------------------------------------------
     log_format: Literal["text", "json"] = "text"
     """Log lines as text for people, or ``json`` (one object per line, with the request id

@@ -70,7 +70,8 @@ async def _running(services: Services) -> AsyncIterator[None]:
     """Backends, workers and maintenance for the app's lifetime."""
     for backend in services.backends:
         backend.start()
-    tasks = [asyncio.create_task(worker.run()) for worker in services.workers]
+    runners = [*services.workers, *services.upstream_workers]  # upstream: the gateway's (pixelmill.gateway)
+    tasks = [asyncio.create_task(worker.run()) for worker in runners]
     maintenance = asyncio.create_task(_maintenance(services))
     cost_watch = asyncio.create_task(watch_crossover(services))
     try:
@@ -78,7 +79,7 @@ async def _running(services: Services) -> AsyncIterator[None]:
     finally:
         maintenance.cancel()
         cost_watch.cancel()
-        await asyncio.gather(*(w.shutdown(t, SHUTDOWN_GRACE_S) for w, t in zip(services.workers, tasks)))
+        await asyncio.gather(*(w.shutdown(t, SHUTDOWN_GRACE_S) for w, t in zip(runners, tasks)))
         await services.events.drain(timeout=5)
         for backend in services.backends:
             backend.shutdown()

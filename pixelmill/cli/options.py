@@ -50,6 +50,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Cost": ("cost_gpu_hour", "cost_overhead_month", "cost_gpu_month", "cost_hours_per_month", "cost_utilisation",
              "cost_compare_to", "cost_config"),
     "Cost alerts": ("cost_check_interval_s", "cost_alert_webhook"),
+    "Gateway": ("backends",),
     "Operations": ("log_format", "metrics_public"),
 }
 """Help panels, in the order ``--help`` shows them; every setting belongs to one."""
@@ -59,7 +60,7 @@ OTHER = "Other settings"
 # What each command reads; everything else it still takes from PIXELMILL_* variables.
 WORKER = ("Storage", "Models", "Device", "Workers", "Webhooks", "public_url", "log_format")
 STORE = ("data_dir", "db")
-COST = (*STORE, "Cost")
+COST = (*STORE, "Cost", "backends")
 
 
 # ---- help text --------------------------------------------------------------------------------

@@ -267,3 +267,8 @@ class JobRecord(BaseModel):
     sampler: str | None = None
     images: int = 0
     gpu_seconds: float | None = None
+    # gateway (pixelmill.gateway): who serves the job and the upstream's own id for it
+    route: str = Field("local", description="'local' (this fleet's workers) or an upstream backend's name.")
+    upstream_id: str | None = Field(None, description="The upstream's prediction/request id, once sent.")
+    upstream_cost: float | None = Field(None, description="Hosted price paid upstream for this job (USD).")
+    shadow_of: str | None = Field(None, description="The local job this upstream shadow run compares with.")

@@ -47,6 +47,15 @@ class CrossoverWatch:
     last_check: dict | None = None
     last_crossing: dict | None = None
     webhook_deliveries: list[dict] = field(default_factory=list)
+    model_flags: dict[str, str] = field(default_factory=dict)
+    """The gateway's per-model flags ("move this model home", …) at the last check."""
+
+    def observe_models(self, flags: dict[str, str | None]) -> dict[str, str]:
+        """Record the gateway's per-model flags; returns those new since the last check."""
+        current = {model: flag for model, flag in flags.items() if flag}
+        new = {model: flag for model, flag in current.items() if self.model_flags.get(model) != flag}
+        self.model_flags = current
+        return new
 
     def observe(self, volume: float, crossover: float | None, *, known: bool = True,
                 now: datetime | None = None) -> dict | None:
@@ -68,7 +77,7 @@ class CrossoverWatch:
         return {
             "state": self.state, "crossings_total": self.crossings_total, "checks_total": self.checks_total,
             "last_check": self.last_check, "last_crossing": self.last_crossing,
-            "webhook_deliveries": self.webhook_deliveries[-5:],
+            "webhook_deliveries": self.webhook_deliveries[-5:], "model_flags": self.model_flags,
         }
 
 
@@ -104,6 +113,9 @@ async def check_once(services) -> dict | None:
     """One check: read the ledger, update the watch, alert on a crossing. Returns the crossing."""
     report = await asyncio.to_thread(store_report, services.store, services.settings)
     watch = watch_for(services.store)
+    if report.gateway is not None:  # per model: a hosted model that crossed N*, a local one below it
+        for model, flag in watch.observe_models({row.model: row.flag for row in report.gateway.models}).items():
+            log.warning("cost: model %s: %s", model, flag)
     crossover = report.verdict["crossover"] if report.verdict else None
     event = watch.observe(report.trailing_volume, crossover, known=report.rate is not None)
     if event is None:

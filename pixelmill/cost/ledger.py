@@ -99,7 +99,10 @@ def _utc(moment: datetime) -> datetime:
 
 
 def summarize(records: Iterable[JobRecord], *, since: datetime, now: datetime) -> LedgerSummary:
-    """Add up succeeded jobs finished in ``[since, now]``; the trailing window ends at ``now``.
+    """Add up succeeded local jobs finished in ``[since, now]``; the trailing window ends at ``now``.
+
+    Jobs the gateway sent upstream are left out (they have no GPU time here and would
+    skew the measured rate); :func:`pixelmill.cost.gateway.gateway_costs` accounts for them.
 
     Records before ``since`` still count towards the trailing volume when they are inside
     it, so ``--since 7d`` does not shrink ``N``.
@@ -111,6 +114,8 @@ def summarize(records: Iterable[JobRecord], *, since: datetime, now: datetime) -
     per_size: dict[tuple[int, int], int] = defaultdict(int)
     per_key_size: dict[tuple[str | None, int, int], int] = defaultdict(int)
     for record in records:
+        if record.route != "local":
+            continue  # upstream (gateway) jobs used no GPU here: see pixelmill.cost.gateway
         finished = _utc(record.finished_at or record.created_at)
         if finished > summary.until:
             continue

@@ -123,6 +123,12 @@ def _parse_offer(raw: dict[str, Any], where: str) -> HostedOffer:
     return offer
 
 
+def parse_offer(raw: dict[str, Any], where: str) -> HostedOffer:
+    """One offer from a table with the ``[[offer]]`` keys (``provider``, ``model``, ``checked``,
+    one of ``price_per_image``/``price_per_megapixel``); the gateway's backends use it too."""
+    return _parse_offer(raw, where)
+
+
 def _parse_date(value: Any) -> date:
     # TOML has a date type; a quoted "YYYY-MM-DD" is accepted too.
     return value if isinstance(value, date) else date.fromisoformat(str(value))

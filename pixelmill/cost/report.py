@@ -13,9 +13,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pixelmill.cost import model as m
+from pixelmill.cost.gateway import GatewayCosts, gateway_costs
 from pixelmill.cost.invoice import Invoice
 from pixelmill.cost.ledger import TRAILING_DAYS, LedgerSummary, RateKey, Usage, read_ledger
-from pixelmill.cost.prices import CostConfig, HostedOffer, build_config
+from pixelmill.cost.prices import CostConfig, CostConfigError, HostedOffer, build_config
 from pixelmill.jobs.store import JobStore
 from pixelmill.settings import Settings
 
@@ -122,6 +123,8 @@ class CostReport(BaseModel):
     per_key: list[KeyRow]
     invoice: dict | None
     notes: list[str]
+    gateway: GatewayCosts | None = None
+    """Spend by backend, counterfactuals and N* per model; only with ``--backends``."""
 
 
 def config_from_settings(settings: Settings, path: Path | None = None) -> CostConfig:
@@ -230,6 +233,7 @@ def _measured_rate(ledger: LedgerSummary, rate_override: float | None) -> tuple[
 
 def build_report(
     ledger: LedgerSummary, config: CostConfig, *, invoice: Invoice | None = None, rate: float | None = None,
+    gateway: GatewayCosts | None = None,
 ) -> CostReport:
     """The full report for ``ledger`` under ``config``; ``rate`` overrides the measured ``r``."""
     r, rate_source = _measured_rate(ledger, rate)
@@ -252,7 +256,7 @@ def build_report(
         steps_model=vars(steps_model) if steps_model else None, what_if=_what_if(steps_model, price, config),
         dedicated=_dedicated(config, r, price, volume) if r else None,
         per_key=_key_rows(ledger, config, reference),
-        invoice=_invoice_dict(invoice, config, r) if invoice else None, notes=notes,
+        invoice=_invoice_dict(invoice, config, r) if invoice else None, notes=notes, gateway=gateway,
     )
 
 
@@ -295,4 +299,34 @@ def store_report(
     now = now or datetime.now(timezone.utc)
     since = since or now - timedelta(days=TRAILING_DAYS)
     ledger = read_ledger(store, since=since, now=now)
-    return build_report(ledger, config_from_settings(settings, path), invoice=invoice, rate=rate)
+    config = config_from_settings(settings, path)
+    gateway = store_gateway_costs(store, settings, config, since=since, now=now) if settings.backends else None
+    return build_report(ledger, config, invoice=invoice, rate=rate, gateway=gateway)
+
+
+def store_gateway_costs(
+    store: JobStore, settings: Settings, config: CostConfig, *, since: datetime, now: datetime,
+) -> GatewayCosts:
+    """The gateway section for the ``--backends`` file: its prices and routes, no credentials."""
+    from pixelmill.gateway.config import GatewayConfigError, load_config  # the gateway imports cost.prices
+
+    try:
+        gateway = load_config(settings.backends, credentials=False)
+    except GatewayConfigError as exc:
+        raise CostConfigError(str(exc)) from None
+    serving = {model: backend for backend in gateway.backends.values() for model in backend.models}
+
+    def hosted_price(record) -> float | None:
+        offer = serving[record.model].offer if record.model in serving else config.reference_offer(
+            record.width, record.height)
+        return offer.price(record.width, record.height)
+
+    start = min(since, now - timedelta(days=TRAILING_DAYS))
+    records = list(store.ledger(start))
+    routes = {}
+    for record in records:
+        route = gateway.route(record.model)
+        routes[record.model or "?"] = (route.policy, route.backend)
+    return gateway_costs(records, since=since, now=now, gpu_hour=config.gpu_hour,
+                         overhead_month=config.overhead_month, hosted_price=hosted_price, routes=routes,
+                         trailing_days=TRAILING_DAYS)

@@ -76,8 +76,31 @@ def _what_if_table(report: CostReport) -> Table:
     return table
 
 
+def _gateway_tables(report: CostReport) -> list[Table]:
+    """Monthly spend by backend with the counterfactuals, and N* per model (``--backends``)."""
+    costs = report.gateway
+    backends = sorted({name for row in [*costs.months, costs.total] for name in row.by_backend})
+    spend = Table(title="gateway: actual spend by backend, and what all-hosted / all-local would have cost")
+    for column in ("month", *backends, "shadow", "actual", "all hosted", "all local", "saving"):
+        spend.add_column(column, justify="left" if column == "month" else "right")
+    for row in [*costs.months, costs.total]:
+        spend.add_row(row.month, *(_money(row.by_backend.get(b, 0.0)) for b in backends), _money(row.shadow),
+                      _money(row.actual), _money(row.all_hosted), _money(row.all_local), _money(row.saving))
+    models = Table(title="gateway: per model, N* from the measured r")
+    for column in ("model", "policy", "local images", "upstream images", "trailing N", "r", "price", "N*", "flag"):
+        models.add_column(column, justify="left" if column in ("model", "policy", "flag") else "right")
+    for row in costs.models:
+        models.add_row(row.model, row.policy + (f" ({row.backend})" if row.backend else ""), f"{row.images_local:,}",
+                       f"{row.images_upstream:,}", f"{row.trailing_volume:,}",
+                       f"{_volume(row.rate)} ({row.rate_source})" if row.rate else "-", _money(row.price_per_image),
+                       _volume(row.n_star) if row.rate else "-", f"[bold]{row.flag}[/]" if row.flag else "")
+    return [spend, models]
+
+
 def print_report(console: Console, report: CostReport) -> None:
     """Print the report as tables and a verdict line."""
+    for table in _gateway_tables(report) if report.gateway else ():
+        console.print(table)
     console.print(_offers_table(report))
     console.print(f"* reference offer for the verdict; prices from {report.prices_source}")
     console.print(f"trailing {report.trailing_days}-day volume N = {report.trailing_volume:,} images; "

@@ -13,8 +13,6 @@ the request with those fields emptied; only claiming a job loads them back.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import hashlib
 import json
@@ -26,7 +24,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from pixelmill.core.errors import InvalidRequest
 from pixelmill.core.lifecycle import check_transition
 from pixelmill.core.types import GenerationRequest, JobError, JobRecord, JobStatus, WebhookSpec
 
@@ -88,11 +85,18 @@ class Job(Base):
     sampler: Mapped[str | None] = mapped_column(sa.String(64))
     images: Mapped[int] = mapped_column(sa.Integer, default=0)
     gpu_seconds: Mapped[float | None] = mapped_column(sa.Float)
+    # gateway (migration 0007): "local" for this fleet's workers, else an upstream backend's
+    # name; the upstream's id is written before the worker waits on it (a restart resumes it).
+    route: Mapped[str] = mapped_column(sa.String(64), default="local", server_default="local")
+    upstream_id: Mapped[str | None] = mapped_column(sa.String(255))
+    upstream_cost: Mapped[float | None] = mapped_column(sa.Float)
+    shadow_of: Mapped[str | None] = mapped_column(sa.String(40))
 
 
-# Claim order is (priority desc, created_at, id) among queued jobs: this index answers
-# "the next queued job" and "how many are ahead of me" without a sort.
-sa.Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.created_at, Job.id)
+# Claim order is (priority desc, created_at, id) among the queued jobs of one route (local
+# workers and each upstream backend claim their own): this index answers "the next queued
+# job" and "how many are ahead of me" without a sort (migration 0007 added ``route``).
+sa.Index("ix_jobs_claim", Job.status, Job.route, Job.priority.desc(), Job.created_at, Job.id)
 # Listings are newest first (page_query), filtered by status and/or API key: these walk a
 # page's rows in order instead of sorting every match (migration 0005). Both also serve
 # ``status = ?`` / ``api_key_id = ?`` counts, so status needs no index of its own.
@@ -301,6 +305,10 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
         sampler=row["sampler"],
         images=row["images"],
         gpu_seconds=row["gpu_seconds"],
+        route=row["route"] or "local",
+        upstream_id=row["upstream_id"],
+        upstream_cost=row["upstream_cost"],
+        shadow_of=row["shadow_of"],
     )
 
 
@@ -313,36 +321,13 @@ LEASE_CLEARED = {"worker": None, "lease_expires_at": None, "heartbeat_at": None}
 
 
 def ahead_in_queue(job: sa.Row) -> sa.ColumnElement[bool]:
-    """Rows that come before ``job`` in :data:`CLAIM_ORDER`."""
+    """Rows of ``job``'s route that come before it in :data:`CLAIM_ORDER`."""
     same_priority = jobs.c.priority == job.priority
-    return sa.or_(
+    return sa.and_(jobs.c.route == job.route, sa.or_(
         jobs.c.priority > job.priority,
         sa.and_(same_priority, jobs.c.created_at < job.created_at),
         sa.and_(same_priority, jobs.c.created_at == job.created_at, jobs.c.id < job.id),
-    )
-
-
-def after_cursor(cursor: str) -> sa.ColumnElement[bool]:
-    """Rows after the cursor's position in newest-first order."""
-    created_at, job_id = decode_cursor(cursor)
-    return sa.or_(
-        jobs.c.created_at < created_at,
-        sa.and_(jobs.c.created_at == created_at, jobs.c.id < job_id),
-    )
-
-
-def page_query(
-    *, status: str | None, since: datetime | None, batch_id: str | None, cursor: str | None, limit: int
-) -> sa.Select:
-    """Up to ``limit`` jobs after ``cursor``, newest first, filtered by whatever is given."""
-    stmt = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-    if status is not None:
-        stmt = stmt.where(jobs.c.status == status)
-    if since is not None:
-        stmt = stmt.where(jobs.c.created_at >= utc(since))
-    if batch_id is not None:
-        stmt = stmt.where(jobs.c.batch_id == batch_id)
-    return stmt if cursor is None else stmt.where(after_cursor(cursor))
+    ))
 
 
 QUEUED, RUNNING = JobStatus.queued, JobStatus.running
@@ -395,17 +380,5 @@ def failed(now: datetime, code: str, message: str) -> dict[str, Any]:
             "error_code": code, "error_message": message}
 
 
-def encode_cursor(created_at: datetime, job_id: str) -> str:
-    """An opaque page cursor: the position just after (created_at, id)."""
-    raw = f"{utc(created_at).isoformat()}|{job_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`; :class:`InvalidRequest` for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, job_id = raw.split("|", 1)
-        return utc(datetime.fromisoformat(stamp)), job_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidRequest(f"invalid page cursor {cursor!r}", param="cursor") from None
+# Listing pages live in pixelmill.db.pages; their names stay importable from here.
+from pixelmill.db.pages import after_cursor, decode_cursor, encode_cursor, page_query  # noqa: E402,F401

@@ -55,7 +55,11 @@ class Availability:
         return reasons[0]
 
     def check(self) -> None:
-        """Raise :class:`ModelUnavailable` (503) naming the reason when no job can run here."""
+        """Raise :class:`ModelUnavailable` (503) naming the reason when no job can run here.
+
+        Only local jobs ask: ``JobService.submit`` skips it for a job the gateway routes to
+        an upstream backend, which does not need a local worker.
+        """
         error = self.unavailable()
         if error is not None:
             hint = "restart it once fixed" if error.code == "model_unavailable" else "retry shortly"
@@ -63,8 +67,8 @@ class Availability:
 
     async def waiting_reason(self, job: JobRecord) -> str | None:
         """Why the queued ``job`` is not running, when something is wrong; None otherwise."""
-        if job.status is not JobStatus.queued:
-            return None
+        if job.status is not JobStatus.queued or job.route != "local":
+            return None  # an upstream job waits for its backend's worker, not for local ones
         if (error := self.unavailable()) is not None:
             return error.message
         if self.workers:

@@ -12,6 +12,10 @@ renders no ``FOR UPDATE`` for SQLite.
 Claims never parse requests to batch them: the batch key was computed once at submit
 and is a column. The input images of the jobs actually claimed are loaded last, so a
 claim costs the same whatever the size of the images waiting in the queue.
+
+Every claim takes the jobs of one *route*: ``"local"`` (the default, this fleet's
+workers) or the name of an upstream backend (:mod:`pixelmill.gateway`), so a local worker
+never takes a job meant for a hosted API and the reverse.
 """
 
 from __future__ import annotations
@@ -52,11 +56,15 @@ class Completion:
     height: int
     model: str | None = None
     control_ids: list[str] = field(default_factory=list)
+    upstream_cost: float | None = None
+    """What the upstream backend charged (gateway jobs); None for local work."""
 
     def values(self, now: datetime) -> dict[str, Any]:
         """The row's new values: succeeded, with results and ledger."""
         ledger = {"gpu_seconds": self.gpu_seconds, "sampler": self.sampler, "width": self.width,
                   "height": self.height, **({"model": self.model} if self.model else {})}
+        if self.upstream_cost is not None:
+            ledger["upstream_cost"] = self.upstream_cost
         return t.succeeded(now, self.result_ids, self.seeds, self.control_ids, **ledger)
 
 
@@ -77,8 +85,9 @@ class LeaseStore:
         self.engine = engine
         self.batch_key = batch_key
 
-    def _queued_window(self) -> sa.Select:
-        queued = sa.select(jobs.c.id, jobs.c.batch_key).where(jobs.c.status == QUEUED.value)
+    def _queued_window(self, route: str) -> sa.Select:
+        # (status, route) equalities then claim order: the shape of ix_jobs_claim.
+        queued = sa.select(jobs.c.id, jobs.c.batch_key).where(jobs.c.status == QUEUED.value, jobs.c.route == route)
         return queued.order_by(*t.CLAIM_ORDER)
 
     def _check_key_function(self, batch_key: BatchKey | None) -> None:
@@ -87,9 +96,10 @@ class LeaseStore:
             raise ValueError("claims batch by the key computed at submit: pass the store's own batch_key")
 
     def claim(
-        self, worker: str, *, lease_s: float, limit: int = 1, batch_key: BatchKey | None = None
+        self, worker: str, *, lease_s: float, limit: int = 1, batch_key: BatchKey | None = None,
+        route: str = "local",
     ) -> list[JobRecord]:
-        """Atomically take up to ``limit`` queued jobs in claim order and start them.
+        """Atomically take up to ``limit`` queued jobs of ``route`` in claim order and start them.
 
         Without ``batch_key`` the first ``limit`` queued jobs are taken. With it (it must be
         this store's :attr:`batch_key`), the oldest job is taken plus up to ``limit - 1`` of
@@ -99,7 +109,7 @@ class LeaseStore:
         if lease_s <= 0 or limit < 1:
             raise ValueError("claim needs lease_s > 0 and limit >= 1")
         self._check_key_function(batch_key)
-        queued = self._queued_window()
+        queued = self._queued_window(route)
         with write_transaction(self.engine) as conn:
             first = queued.limit(1 if batch_key else limit).with_for_update(skip_locked=True)
             picked = conn.execute(first).all()
@@ -110,7 +120,8 @@ class LeaseStore:
             return self._start(conn, ids, worker, lease_s)
 
     def claim_matching(
-        self, worker: str, *, lease_s: float, limit: int, batch_key: BatchKey, key: Hashable
+        self, worker: str, *, lease_s: float, limit: int, batch_key: BatchKey, key: Hashable,
+        route: str = "local",
     ) -> list[JobRecord]:
         """Take up to ``limit`` queued jobs whose ``batch_key`` is ``key``: company for a batch.
 
@@ -121,7 +132,7 @@ class LeaseStore:
             raise ValueError("claim_matching needs lease_s > 0 and limit >= 1")
         self._check_key_function(batch_key)
         with write_transaction(self.engine) as conn:
-            ids = self._same_key(conn, self._queued_window(), t.batch_key_digest(key), limit)
+            ids = self._same_key(conn, self._queued_window(route), t.batch_key_digest(key), limit)
             return self._start(conn, ids, worker, lease_s)
 
     @staticmethod
@@ -177,6 +188,13 @@ class LeaseStore:
                 return False
             clear_previews(conn, [job_id])  # every guarded transition leaves running
             return True
+
+    def record_upstream(self, job_id: str, worker: str, attempt: int, upstream_id: str) -> bool:
+        """Store the upstream's id of a running gateway job (guarded); committed before the
+        gateway waits on the upstream, so whoever runs the job next resumes that id."""
+        stmt = sa.update(jobs).where(*_guard(job_id, worker, attempt)).values(upstream_id=upstream_id)
+        with write_transaction(self.engine) as conn:
+            return conn.execute(stmt).rowcount == 1
 
     def heartbeats(
         self, held: list[tuple[str, int]], worker: str, *, lease_s: float,

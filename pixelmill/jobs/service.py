@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Protocol
 
 from pixelmill.core.types import (
     RANDOM_SEED, GenerationRequest, JobRecord, JobStatus, ResolvedRequest, WebhookSpec, resolve_seed,
@@ -26,6 +27,27 @@ from pixelmill.settings import Settings
 from pixelmill.core.policy import resolve
 
 
+class RouteChoice(Protocol):
+    """Where a job goes: ``route`` is ``"local"`` or an upstream backend's name."""
+
+    @property
+    def route(self) -> str: ...
+
+
+class Router(Protocol):
+    """The gateway's side of submitting (``pixelmill.gateway.dispatch.Dispatcher``); the jobs
+    layer knows it by this protocol only."""
+
+    def serves(self, model: str | None) -> bool:
+        """Whether an upstream backend serves ``model``."""
+
+    def decide(self, request: GenerationRequest) -> RouteChoice:
+        """Where the resolved ``request`` goes (blocking: may read the store)."""
+
+    def shadow(self, job_id: str, decision: RouteChoice) -> str | None:
+        """The backend on which to shadow the local job ``job_id``, if sampled."""
+
+
 class ModelCatalog:
     """Which model names a request may use, known without loading any model.
 
@@ -34,9 +56,10 @@ class ModelCatalog:
     It is the request policy's :class:`~pixelmill.core.policy.Catalog`.
     """
 
-    def __init__(self, settings: Settings, registry: ModelRegistry):
+    def __init__(self, settings: Settings, registry: ModelRegistry, router: Router | None = None):
         self.settings = settings
         self.registry = registry
+        self.router = router  # the gateway: model names its upstream backends serve are known too
 
     @property
     def default_model(self) -> str | None:
@@ -59,6 +82,8 @@ class ModelCatalog:
 
     def _check(self, request: GenerationRequest) -> None:
         name = request.model
+        if name and self.router is not None and self.router.serves(name):
+            return  # an upstream serves it (LoRAs and the like are the upstream's business)
         if name and name not in self.settings.bare_model_aliases and name not in self.settings.default_model_names:
             self.registry.base_model(name)  # a refiner is not a base model: 400 naming model
         for index, lora in enumerate(request.loras):
@@ -74,7 +99,7 @@ class JobService:
 
     def __init__(
         self, settings: Settings, store: JobStore, catalog: ModelCatalog, notifier: Notifier,
-        *, availability: Availability | None = None,
+        *, availability: Availability | None = None, router: Router | None = None,
     ):
         self.settings = settings
         self.store = store
@@ -82,6 +107,7 @@ class JobService:
         self.notifier = notifier
         # None: accept every job (tests of the service alone); see jobs.availability.
         self.availability = availability
+        self.router = router  # None: every job is local (no --backends)
 
     def prepare(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> ResolvedRequest:
         """The request as it will be stored and run: resolved by the request policy
@@ -114,13 +140,19 @@ class JobService:
         server can run it (model failed to load, workers degraded).
         """
         prepared = self.prepare(request, idempotency_key=idempotency_key)
-        if self.availability is not None:  # after prepare: a bad request is a 400 whatever the workers do
+        decision = await asyncio.to_thread(self.router.decide, prepared) if self.router is not None else None
+        route = decision.route if decision is not None else "local"
+        if self.availability is not None and route == "local":  # after prepare: a bad request is a 400
             self.availability.check()
         job, created = await asyncio.to_thread(
             self.store.submit, prepared, idempotency_key=idempotency_key, webhook=webhook,
             priority=priority, max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
-            api_key_id=api_key_id, max_active=max_active,
+            api_key_id=api_key_id, max_active=max_active, route=route,
         )
+        if created and decision is not None and (backend := self.router.shadow(job.id, decision)):
+            # The sampled shadow run: same request upstream, no webhook, out of listings and limits.
+            await asyncio.to_thread(self.store.submit, prepared, priority=priority, api_key_id=api_key_id,
+                                    max_attempts=self.settings.max_attempts, route=backend, shadow_of=job.id)
         if created:
             self.notifier.work_available()
         return job, created
@@ -132,12 +164,15 @@ class JobService:
         """Commit one job per request, all or nothing (``api_key_id``/``max_active`` as in submit)."""
         # Resolving a thousand requests takes ~0.2 s of CPU: not on the event loop.
         prepared = await asyncio.to_thread(lambda: [self.prepare(request) for request in requests])
-        if self.availability is not None:
+        routes = ["local"] * len(prepared)
+        if self.router is not None:  # a batch is routed per request, not shadowed
+            routes = await asyncio.to_thread(lambda: [self.router.decide(r).route for r in prepared])
+        if self.availability is not None and "local" in routes:
             self.availability.check()
         batch_id, jobs = await asyncio.to_thread(
             self.store.submit_batch, prepared, webhook=webhook, priority=priority,
             max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
-            api_key_id=api_key_id, max_active=max_active,
+            api_key_id=api_key_id, max_active=max_active, routes=routes,
         )
         self.notifier.work_available()
         return batch_id, jobs

@@ -16,6 +16,7 @@ Idempotency keys are per API key: the same key sent with two API keys names two 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,7 @@ from pixelmill.jobs.inputs import new_job_row, store_images
 from pixelmill.jobs.leases import CLAIM_SCAN_WINDOW, BatchKey, Completion, LeaseStore
 from pixelmill.jobs.previews import LivePreview, read_preview
 
-__all__ = ["CLAIM_SCAN_WINDOW", "Completion", "JobStore", "MAX_PAGE", "QUEUE_LOCK_KEY"]
+__all__ = ["CLAIM_SCAN_WINDOW", "Completion", "JobStore", "MAX_PAGE", "QUEUE_LOCK_KEY", "RouteLoad"]
 
 QUEUE_LOCK_KEY = 0x706978_71756575  # "pixqueu"
 """PostgreSQL advisory lock serialising capacity-checked submits (exact ``max_queued``)."""
@@ -39,6 +40,19 @@ MAX_PAGE = 1000
 """Largest ``limit`` of :meth:`JobStore.list_jobs`."""
 
 QUEUED, RUNNING = JobStatus.queued, JobStatus.running
+
+
+@dataclass(frozen=True)
+class RouteLoad:
+    """One route's queue: queued and running jobs, the mean run time (started → finished)
+    of its latest succeeded jobs (None without any), its oldest queued job and its latest
+    heartbeat. The gateway estimates a local job's expected wait from it."""
+
+    queued: int
+    running: int
+    mean_job_s: float | None
+    oldest_queued_at: datetime | None
+    last_heartbeat: datetime | None
 
 
 class JobStore(LeaseStore):
@@ -63,8 +77,12 @@ class JobStore(LeaseStore):
         self, request: GenerationRequest, *, idempotency_key: str | None = None, batch_id: str | None = None,
         webhook: WebhookSpec | None = None, priority: int = 0, api_key_id: str | None = None,
         max_attempts: int = 3, max_queued: int | None = None, max_active: int | None = None,
+        route: str = "local", shadow_of: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Queue one job; returns ``(job, created)``.
+
+        ``route`` is who claims it: ``"local"`` workers or an upstream backend's name
+        (:mod:`pixelmill.gateway`); ``shadow_of`` marks a shadow run of that local job.
 
         A repeated ``idempotency_key`` of the same ``api_key_id`` with the same body returns
         the first job (``created=False``), with a different body raises
@@ -78,6 +96,7 @@ class JobStore(LeaseStore):
             api_key_id=api_key_id, max_attempts=max_attempts, batch_id=batch_id,
             idempotency_key=idempotency_key,
         )
+        row.update(route=route, shadow_of=shadow_of)
         try:
             return self._submit_once(row, images, max_queued, max_active)
         except sa.exc.IntegrityError:
@@ -145,9 +164,10 @@ class JobStore(LeaseStore):
     def submit_batch(
         self, requests: list[GenerationRequest], *, webhook: WebhookSpec | None = None, priority: int = 0,
         api_key_id: str | None = None, max_attempts: int = 3, max_queued: int | None = None,
-        max_active: int | None = None,
+        max_active: int | None = None, routes: Sequence[str] | None = None,
     ) -> tuple[str, list[JobRecord]]:
-        """Queue all ``requests`` as one batch in one transaction (all or nothing)."""
+        """Queue all ``requests`` as one batch in one transaction (all or nothing);
+        ``routes`` (one per request, default all ``"local"``) as in :meth:`submit`."""
         if not requests:
             raise InvalidRequest("a batch needs at least one request", param="requests")
         batch_id, now = t.new_batch_id(), t.utc_now()
@@ -158,6 +178,7 @@ class JobStore(LeaseStore):
                 request, self.batch_key, created_at=now + timedelta(microseconds=i), webhook=webhook,
                 priority=priority, api_key_id=api_key_id, max_attempts=max_attempts, batch_id=batch_id,
             )
+            row.update(route=routes[i] if routes else "local", shadow_of=None)
             rows.append(row)
             images.update(row_images)  # one init image under many prompts: stored once
         with write_transaction(self.engine) as conn:
@@ -227,12 +248,31 @@ class JobStore(LeaseStore):
         with read_transaction(self.engine) as conn:
             return {job_id: position for job_id, position in conn.execute(stmt)}
 
-    def last_heartbeat(self) -> datetime | None:
-        """When any worker last renewed a running job's lease (None: no job is running)."""
+    def last_heartbeat(self, route: str | None = None) -> datetime | None:
+        """When any worker (of ``route``, if given) last renewed a running job's lease
+        (None: no job is running)."""
+        stmt = sa.select(sa.func.max(jobs.c.heartbeat_at)).where(jobs.c.status == RUNNING.value)
+        if route is not None:
+            stmt = stmt.where(jobs.c.route == route)
         with read_transaction(self.engine) as conn:
-            latest = conn.execute(sa.select(sa.func.max(jobs.c.heartbeat_at))
-                                  .where(jobs.c.status == RUNNING.value)).scalar_one()
-        return t.utc_or_none(latest)
+            return t.utc_or_none(conn.execute(stmt).scalar_one())
+
+    def route_load(self, route: str, *, recent: int = 20) -> RouteLoad:
+        """The queue of ``route`` now, for the gateway's overflow rule (see :class:`RouteLoad`)."""
+        mine = jobs.c.route == route
+        by_status = (sa.select(jobs.c.status, sa.func.count(), sa.func.min(jobs.c.created_at),
+                               sa.func.max(jobs.c.heartbeat_at))
+                     .where(mine, jobs.c.status.in_((QUEUED.value, RUNNING.value))).group_by(jobs.c.status))
+        last = (sa.select(jobs.c.started_at, jobs.c.finished_at)
+                .where(jobs.c.status == JobStatus.succeeded.value, mine, jobs.c.started_at.is_not(None))
+                .order_by(jobs.c.finished_at.desc()).limit(recent))
+        with read_transaction(self.engine) as conn:
+            rows = {status: (count, oldest, beat) for status, count, oldest, beat in conn.execute(by_status)}
+            times = [(t.utc(end) - t.utc(start)).total_seconds() for start, end in conn.execute(last)]
+        queued, oldest, _ = rows.get(QUEUED.value, (0, None, None))
+        running, _, beat = rows.get(RUNNING.value, (0, None, None))
+        return RouteLoad(queued=queued, running=running, mean_job_s=sum(times) / len(times) if times else None,
+                         oldest_queued_at=t.utc_or_none(oldest), last_heartbeat=t.utc_or_none(beat))
 
     def count(self, status: JobStatus) -> int:
         """How many jobs are in ``status``."""
