@@ -8,7 +8,9 @@
   by the same functions as the report's verdict.
 * :mod:`~pixelmill.cost.invoice` — a hosted API's invoice (CSV) on the same curves.
 * :mod:`~pixelmill.cost.plot` — the cost curves as a PNG (matplotlib, Agg).
-* :mod:`~pixelmill.cost.alerts` — tell people when the trailing volume crosses ``N*``.
+* :mod:`~pixelmill.cost.alerts` — tell people when the trailing volume crosses ``N*``, and
+  when a gateway model's flag ("move this model home", "below N*") appears.
+* :mod:`~pixelmill.cost.gateway` — the gateway's spend by backend, counterfactuals and flags.
 
 This package reads the ledger through :class:`~pixelmill.jobs.store.JobStore` only and
 never imports the engine.

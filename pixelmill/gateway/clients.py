@@ -17,12 +17,20 @@ Retries (``max_retries``, backoff doubling from :data:`BACKOFF_S`, or the upstre
 
 Every refusal becomes :class:`UpstreamError` with the upstream's own message; the
 credential is scrubbed from every message.
+
+Image inputs (:data:`MODES`): a Replicate-kind prediction takes ``image`` and ``mask`` as
+``data:`` URIs (white = repaint, as cog-sdxl and pixelmill's own Replicate dialect) with
+``prompt_strength``; an OpenAI-kind upstream takes an inpaint as ``images/edits``
+multipart (``image`` and an RGBA ``mask`` whose transparent pixels are edited). The Images
+API has no image-to-image with a strength, so img2img does not go to an OpenAI kind.
+LoRAs and ControlNets go to neither (:mod:`pixelmill.gateway.dispatch` decides).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -31,8 +39,9 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import httpx
+from PIL import Image
 
-from pixelmill.core.types import GenerationRequest
+from pixelmill.core.types import GenerationRequest, Mode
 from pixelmill.gateway.config import Backend
 from pixelmill.outbound.netguard import guarded_async_client
 
@@ -42,6 +51,31 @@ BACKOFF_S = 0.5
 MAX_RETRY_AFTER_S = 60.0
 _PROGRESS = re.compile(r"(\d+)/(\d+)\s*$")
 _CODES = {401: "upstream_auth", 403: "upstream_auth", 404: "upstream_not_found", 429: "upstream_rate_limited"}
+MODES = {"replicate": frozenset(Mode), "openai": frozenset({Mode.txt2img, Mode.inpaint})}
+"""The generation modes each upstream kind can be sent (see the module docstring)."""
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a base64 ``data:`` URI (how a Replicate prediction takes a file inline)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def alpha_mask(binary_png: bytes) -> bytes:
+    """A stored mask (mode L, white = repaint) as OpenAI's: RGBA, transparent = edit."""
+    with Image.open(io.BytesIO(binary_png)) as mask:
+        alpha = mask.convert("L").point(lambda v: 0 if v >= 128 else 255)
+    rgba = Image.new("RGBA", alpha.size, (0, 0, 0, 255))
+    rgba.putalpha(alpha)
+    out = io.BytesIO()
+    rgba.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _inputs_of(request: GenerationRequest) -> tuple[bytes, bytes | None]:
+    """The input image and mask of an image request (a claimed job carries them)."""
+    if not request.init_image or (request.mode is Mode.inpaint and not request.mask_image):
+        raise UpstreamError("gateway_error", "the job's input image is missing (not loaded with the claim)")
+    return request.init_image, request.mask_image if request.mode is Mode.inpaint else None
 
 
 class UpstreamError(Exception):
@@ -177,17 +211,23 @@ class ReplicateClient(UpstreamClient):
 
     @staticmethod
     def inputs(request: GenerationRequest) -> dict:
+        """The prediction's ``input``: cog-sdxl's field names; images as data: URIs."""
         values = {
             "prompt": request.prompt, "negative_prompt": request.negative_prompt or None,
             "width": request.width, "height": request.height, "num_outputs": request.n,
             "num_inference_steps": request.steps, "guidance_scale": request.guidance, "seed": request.seed,
         }
+        if request.mode is not Mode.txt2img:  # the size then comes from the image, upstream as here
+            image, mask = _inputs_of(request)
+            values |= {"image": data_uri(image), "mask": data_uri(mask) if mask else None,
+                       "prompt_strength": request.strength}
         return {key: value for key, value in values.items() if value is not None}
 
     async def create(self, request: GenerationRequest) -> str:
         """Create the prediction without waiting for it; returns its id."""
         url, body = self._create_target(self.upstream_model(request))
-        response = await self.send("POST", url, create=True, json={**body, "input": self.inputs(request)},
+        inputs = await asyncio.to_thread(self.inputs, request)  # base64 of the images: off the loop
+        response = await self.send("POST", url, create=True, json={**body, "input": inputs},
                                    headers={"Prefer": "respond-async"})
         prediction_id = response.json().get("id") if response.headers.get("content-type", "").startswith(
             "application/json") else None
@@ -225,7 +265,8 @@ class ReplicateClient(UpstreamClient):
 
 
 class OpenAIClient(UpstreamClient):
-    """The Images API: one synchronous POST that answers with the images."""
+    """The Images API: one synchronous POST that answers with the images (``images/generations``,
+    or ``images/edits`` multipart for an inpaint)."""
 
     async def generate(self, request: GenerationRequest) -> list[bytes]:
         model = self.upstream_model(request)
@@ -234,8 +275,18 @@ class OpenAIClient(UpstreamClient):
             body["response_format"] = "b64_json"
         if request.width and request.height:
             body["size"] = f"{request.width}x{request.height}"
-        response = await self.send("POST", f"{self.backend.url}/images/generations", create=True, json=body,
-                                   timeout=self.backend.max_wait_s)
+        if request.mode is Mode.txt2img:
+            response = await self.send("POST", f"{self.backend.url}/images/generations", create=True,
+                                       json=body, timeout=self.backend.max_wait_s)
+        elif request.mode is Mode.inpaint:
+            image, mask = _inputs_of(request)
+            files = {"image": ("image.png", image, "image/png"),
+                     "mask": ("mask.png", await asyncio.to_thread(alpha_mask, mask), "image/png")}
+            response = await self.send("POST", f"{self.backend.url}/images/edits", create=True,
+                                       data={key: str(value) for key, value in body.items()}, files=files,
+                                       timeout=self.backend.max_wait_s)
+        else:  # the dispatcher never routes it here (MODES); a stale row could
+            raise self.error("upstream_refused", f"the Images API has no {request.mode.value}")
         data = response.json().get("data")
         if not isinstance(data, list) or not data:
             raise self.error("upstream_error", "the response has no images")

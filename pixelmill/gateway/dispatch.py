@@ -13,8 +13,9 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable
-from pixelmill.core.types import GenerationRequest, Mode
-from pixelmill.gateway.config import LOCAL, GatewayConfig
+from pixelmill.core.types import GenerationRequest
+from pixelmill.gateway.clients import MODES
+from pixelmill.gateway.config import LOCAL, Backend, GatewayConfig
 from pixelmill.gateway.routing import Decision, LocalFleet, decide, remote_fleet_alive, sampled
 from pixelmill.jobs.store import JobStore
 
@@ -24,6 +25,20 @@ log = logging.getLogger(__name__)
 class _Servable(Protocol):
     @property
     def unavailable(self) -> ModelUnavailable | None: ...
+
+
+def unsupported(request: GenerationRequest, backend: Backend) -> tuple[str, str] | None:
+    """``(param, what)`` when ``backend`` cannot be sent ``request``: LoRAs and ControlNets
+    never go upstream (a hosted model has neither of this server's files); image inputs only
+    to a kind that takes them (:data:`pixelmill.gateway.clients.MODES`)."""
+    if request.loras:
+        return "loras[0].name", "LoRAs"
+    if request.controlnets:
+        return "controlnets[0].name", "ControlNets"
+    if request.mode not in MODES[backend.kind]:
+        return "init_image", f"{request.mode.value} (an {backend.kind}-kind upstream takes " + \
+            ", ".join(sorted(mode.value for mode in MODES[backend.kind])) + ")"
+    return None
 
 
 class Dispatcher:
@@ -55,13 +70,14 @@ class Dispatcher:
         route = self.config.route(request.model)
         fleet = self._fleet() if route.policy == "local-then-upstream" else None
         decision = decide(route, fleet)
-        extras = request.mode is not Mode.txt2img or request.loras or request.controlnets
-        if extras and (decision.route != LOCAL or decision.shadow_backend):
+        upstream = decision.shadow_backend or (decision.route if decision.route != LOCAL else None)
+        problem = unsupported(request, self.config.backends[upstream]) if upstream else None
+        if problem is not None:
+            param, what = problem
             if route.policy == "upstream":
-                raise InvalidRequest(f"model {request.model!r} is served by an upstream API, to which this gateway "
-                                     "sends text-to-image requests only (no images, LoRAs or ControlNets)",
-                                     param="model")
-            return Decision(LOCAL, "local: upstreams take plain text-to-image only")
+                raise InvalidRequest(f"model {request.model!r} is served by the upstream backend "
+                                     f"{upstream!r}, to which this gateway cannot send {what}", param=param)
+            return Decision(LOCAL, f"local: the upstream backend {upstream!r} cannot take {what}")
         if decision.route != LOCAL:
             log.info("model %s: %s", request.model, decision.reason)
         return decision

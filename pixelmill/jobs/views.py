@@ -54,6 +54,11 @@ class JobPublic(BaseModel):
     steps: int
     images: int = 0
     gpu_seconds: float | None = None
+    route: str = Field("local", description=(
+        "Who serves the job: `local` (this server's workers) or the name of the upstream backend the "
+        "gateway sent it to (docs/gateway.md); never a URL or credential."))
+    upstream_id: str | None = Field(
+        None, description="Admin keys only: the upstream's id of the job (a prediction id), for operators.")
 
 
 def file_url(base_url: str, file_id: str) -> str:
@@ -63,8 +68,14 @@ def file_url(base_url: str, file_id: str) -> str:
 
 def job_public(
     job: JobRecord, *, base_url: str = "", queue_position: int | None = None, waiting_reason: str | None = None,
+    operator: bool = False,
 ) -> JobPublic:
-    """Render ``job`` for clients; result URLs are built on ``base_url``."""
+    """Render ``job`` for clients; result URLs are built on ``base_url``.
+
+    ``route`` (local or the backend's name) is for everyone who may see the job; the
+    upstream's id only for ``operator`` (an admin key): webhooks and SSE go to whoever
+    submitted, so they never carry it.
+    """
     progress = None
     if job.status is JobStatus.succeeded:
         # Progress is sampled while the job runs, so the last sample may lag the end;
@@ -82,4 +93,5 @@ def job_public(
         control_results=[ResultPublic(url=file_url(base_url, fid), seed=0) for fid in job.control_result_ids],
         error=job.error, webhook_state=job.webhook_state, model=job.model, mode=job.mode,
         width=job.width, height=job.height, steps=job.steps, images=job.images, gpu_seconds=job.gpu_seconds,
+        route=job.route, upstream_id=job.upstream_id if operator else None,
     )

@@ -123,6 +123,7 @@ def test_typical_prices_with_a_dedicated_fleet(priced_server, browser):
     assert page["banner"] == summary["verdict"]["message"]
     assert float(page["nstar"]) == summary["verdict"]["crossover"]
     assert browser.execute_script("return document.getElementById('chart').height") > 0
+    assert browser.execute_script("return document.getElementById('gateway').hidden")  # no --backends
     shot = os.environ.get("PIXELMILL_DASHBOARD_SCREENSHOT")
     if shot:  # docs/dashboard.png is made this way
         browser.save_screenshot(shot)

@@ -59,3 +59,49 @@ def test_ledger_and_report_numbers(tmp_path):
     table = pixelmill("cost", "report", "--data-dir", str(tmp_path / "gateway"), "--backends", str(toml), *flags)
     assert table.returncode == 0, table.stderr
     assert "move this model home" in table.stdout and "all hosted" in table.stdout
+
+
+def test_new_model_flags_go_to_the_cost_alert_webhook(tmp_path):
+    """A flag that appears after the baseline check is one signed POST (the crossover
+    alert's sender) naming each model, its flag and N*; an unchanged flag is not sent again."""
+    from pixelmill.cost.alerts import MODEL_EVENT, check_once, watch_for
+    from pixelmill.outbound.webhooks import secret_from, verify
+    from tests.support.receiver import Receiver
+
+    receiver = Receiver()
+    try:
+        with upstream(tmp_path) as up:
+            toml = backends_toml(tmp_path, up, kind="replicate")
+            settings = dict(COST, cost_alert_webhook=f"{receiver.url}/cost", webhook_allow_private=True,
+                            cost_check_interval_s=0)  # the test runs the checks itself
+            with gateway(tmp_path, toml, **settings) as gw:
+                asyncio.run(check_once(gw.services))  # the baseline: nothing flagged, nothing sent
+                assert receiver.requests == []
+                jobs = [submit(gw.url, "cloud-model", seed=i) for i in range(3)] + [submit(gw.url, None)]
+                for job in jobs:
+                    assert wait(gw.url, job["id"])["status"] == "succeeded"
+                asyncio.run(check_once(gw.services))
+                assert len(receiver.requests) == 1, receiver.requests
+                asyncio.run(check_once(gw.services))  # the same flags: nothing new to say
+                assert len(receiver.requests) == 1
+                settings = gw.services.settings
+                secret = secret_from(settings.webhook_secret, settings.data_dir / "webhook-secret")
+                deliveries = watch_for(gw.services.store).public()["webhook_deliveries"]
+                summary = httpx.get(f"{gw.url}/v1/cost/summary", timeout=30).json()
+    finally:
+        receiver.close()
+    (request,) = receiver.requests
+    headers = request["headers"]
+    assert request["path"] == "/cost" and headers["X-Pixelmill-Event"] == MODEL_EVENT
+    assert verify(secret, headers["X-Pixelmill-Timestamp"], headers["X-Pixelmill-Signature"], request["body"])
+    body = json.loads(request["body"])
+    assert body["event"] == MODEL_EVENT
+    flags = {flag["model"]: flag for flag in body["flags"]}
+    assert {model: flag["flag"] for model, flag in flags.items()} == {"cloud-model": MOVE_HOME, "fake": BELOW}
+    rows = {row["model"]: row for row in summary["gateway"]["models"]}
+    assert flags["cloud-model"]["n_star"] == pytest.approx(rows["cloud-model"]["n_star"])
+    assert flags["cloud-model"]["backend"] == "hosted" and flags["cloud-model"]["trailing_volume"] == 3
+    assert "cloud-model: move this model home" in body["message"] and "fake: below N*" in body["message"]
+    assert up.url not in request["body"].decode()  # the backend's name, never its URL
+    assert [(d["event"], d["ok"]) for d in deliveries] == [(MODEL_EVENT, True)]
+    assert summary["alerts"]["webhook_deliveries"][-1]["event"] == MODEL_EVENT

@@ -30,12 +30,14 @@ router = APIRouter(prefix="/v1", tags=["Jobs"],
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
-async def _public(services: Services, job: JobRecord, base_url: str) -> JobPublic:
+async def _public(services: Services, job: JobRecord, base_url: str, who: Principal) -> JobPublic:
+    # The upstream's id is for operators (admin keys); route, the backend's name, for all.
     if job.status is not JobStatus.queued:
-        return job_public(job, base_url=base_url)
+        return job_public(job, base_url=base_url, operator=who.is_admin)
     position = await services.jobs.queue_position(job.id)
     reason = await services.availability.waiting_reason(job)
-    return job_public(job, base_url=base_url, queue_position=position, waiting_reason=reason)
+    return job_public(job, base_url=base_url, queue_position=position, waiting_reason=reason,
+                      operator=who.is_admin)
 
 
 async def _owned_job(services: Services, who: Principal, job_id: str) -> JobRecord:
@@ -79,7 +81,7 @@ async def create_job(
             request, idempotency_key=idempotency_key, webhook=body.webhook_spec(), priority=body.priority,
             **who.submit_args(),
         )
-    public = await _public(services, job, base_url)
+    public = await _public(services, job, base_url, who)
     headers = {"Location": f"{base_url}/v1/jobs/{job.id}"}
     return JSONResponse(public.model_dump(mode="json"), status_code=202 if created else 200, headers=headers)
 
@@ -87,7 +89,7 @@ async def create_job(
 @router.get("/jobs/{job_id}", response_model=JobPublic)
 async def get_job(job_id: JobId, services: ServicesDep, base_url: BaseUrlDep, who: PrincipalDep) -> JobPublic:
     """Status, queue position while queued, progress, timings, result URLs, error."""
-    return await _public(services, await _owned_job(services, who, job_id), base_url)
+    return await _public(services, await _owned_job(services, who, job_id), base_url, who)
 
 
 @router.get("/jobs")
@@ -99,17 +101,19 @@ async def list_jobs(
     since: Since = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: PageCursor = None,
+    route: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                       description="Only jobs of `local` or this upstream backend.")] = None,
 ) -> dict:
     """Your jobs (an admin key: every job), newest first; pass ``next_cursor`` back as ``cursor``."""
     jobs, next_cursor = await asyncio.to_thread(
         services.store.list_jobs, status=status, since=since, limit=limit, cursor=cursor,
-        api_key_id=who.list_filter,
+        api_key_id=who.list_filter, route=route,
     )
     # The queued jobs' places as the single read shows them: one query for the whole page.
     queued = [job.id for job in jobs if job.status is JobStatus.queued]
     positions = await asyncio.to_thread(services.store.queue_positions, queued) if queued else {}
-    data = [job_public(job, base_url=base_url, queue_position=positions.get(job.id)).model_dump(mode="json")
-            for job in jobs]
+    data = [job_public(job, base_url=base_url, queue_position=positions.get(job.id), operator=who.is_admin)
+            .model_dump(mode="json") for job in jobs]
     return {"object": "list", "data": data, "next_cursor": next_cursor}
 
 
@@ -124,7 +128,7 @@ async def cancel_job(
     already succeeded or failed answers 409 ``conflict`` naming ``job_id`` and its state.
     """
     await _owned_job(services, who, job_id)
-    return await _public(services, await services.jobs.cancel(job_id), base_url)
+    return await _public(services, await services.jobs.cancel(job_id), base_url, who)
 
 
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})

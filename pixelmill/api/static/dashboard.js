@@ -270,10 +270,65 @@ function applySummary(s) {
   $("notes").replaceChildren(...s.notes.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
 }
 
+// ---- the gateway section: the server's numbers, shown as they are ---------------------------------
+
+/** One table row; each cell is [text, exact value or undefined]. */
+function tableRow(cells, className) {
+  const tr = document.createElement("tr");
+  if (className) tr.className = className;
+  for (const [text, value, cls] of cells) {
+    const td = Object.assign(document.createElement("td"), { textContent: text });
+    if (value !== undefined && value !== null) td.dataset.value = String(value);
+    if (cls) td.className = cls;
+    tr.append(td);
+  }
+  return tr;
+}
+
+const money = (v) => (v === null ? ["–", null] : [fmtMoneyExact(v), v]);
+/** Spend to the cent, or to four significant digits under a dollar ($0.0002 is not $0.00). */
+function fmtMoneyExact(v) {
+  return Math.abs(v) >= 1 || v === 0 ? "$" + v.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })
+    : (v < 0 ? "-" : "") + fmtPrice(Math.abs(v));
+}
+
+/** Spend by backend, the counterfactuals, the saving and the per-model flags (null: no --backends). */
+function showGateway(g) {
+  $("gateway").hidden = !g;
+  if (!g) return;
+  const t = g.total;
+  $("gw-period").textContent = g.months.length ? g.months.map((m) => m.month).join(", ") : "no traffic yet";
+  const spend = Object.entries(t.by_backend).map(([backend, v]) =>
+    tableRow([[backend === "local" ? "local GPUs" : `upstream: ${backend}`], money(v)], "backend"));
+  spend.forEach((tr, i) => { tr.dataset.backend = Object.keys(t.by_backend)[i]; });
+  const line = (label, key, cls) => {
+    const tr = tableRow([[label], money(t[key])], cls);
+    tr.dataset.key = key;
+    return tr;
+  };
+  $("gw-spend").tBodies[0].replaceChildren(...spend, line("shadow runs", "shadow"), line("actual", "actual", "total"),
+    line("all hosted (counterfactual)", "all_hosted"), line("all local (counterfactual)", "all_local"),
+    line("saving (all hosted − actual)", "saving", "total"));
+  $("gw-models").tBodies[0].replaceChildren(...g.models.map((m) => {
+    const tr = tableRow([
+      [m.model], [m.backend ? `${m.policy} → ${m.backend}` : m.policy],
+      [fmtCount(m.images_local), m.images_local], [fmtCount(m.images_upstream), m.images_upstream],
+      [fmtCount(m.trailing_volume), m.trailing_volume],
+      [m.rate === null ? "–" : `${fmtRate(m.rate)} (${m.rate_source})`, m.rate],
+      m.price_per_image === null ? ["–"] : [fmtPrice(m.price_per_image), m.price_per_image],
+      m.n_star === null ? ["never"] : [fmtRate(m.n_star), m.n_star],
+      [m.flag || "", undefined, "flag"],
+    ]);
+    tr.dataset.model = m.model;
+    return tr;
+  }));
+}
+
 async function loadSummary() {
   try {
     const summary = await getSummary();
     applySummary(summary);
+    showGateway(summary.gateway || null);
     $("key-form").hidden = true;
     state.online = true;
     if (summary.scenario) showScenario(summary.scenario); else await askScenario();

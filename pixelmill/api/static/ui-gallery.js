@@ -89,6 +89,7 @@ function card(job) {
   const dl = document.createElement("dl");
   row(dl, "status", job.status);
   row(dl, "model", job.model || "–");
+  row(dl, "served by", job.route === "local" || !job.route ? "this server" : `upstream: ${job.route}`).dataset.route = job.route || "local";
   row(dl, "size", job.width ? `${job.width} × ${job.height}` : "–");
   row(dl, "steps", String(job.steps));
   row(dl, "created", fmtTime(job.created_at));

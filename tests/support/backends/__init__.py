@@ -8,4 +8,5 @@ PNG results through the ordinary result types (see :mod:`.base`):
 * :mod:`.slow_cancel_aware`: slow steps that stop at the cancel token;
 * :mod:`.nan_output`: returns the black images NaN output turns into;
 * :mod:`.load_failure`: its model fails to load.
+* :mod:`.records_requests`: works, and keeps every request it ran (input images too).
 """
