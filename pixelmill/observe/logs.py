@@ -82,6 +82,9 @@ class JsonFormatter(logging.Formatter):
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 """The loggers uvicorn's default configuration gives handlers of their own."""
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
+"""Library loggers whose INFO lines say nothing to an operator (alembic lists its
+autogenerate plugins at every start); their warnings still show, and all of it at debug."""
 
 
 def configure_logging(level: str, log_format: LogFormat = "text") -> None:
@@ -93,6 +96,9 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=log_format == "json")
+    if logging.getLogger().level > logging.DEBUG:  # --log-level debug still shows everything
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     if log_format == "json":
         # A uvicorn configured earlier in this process (its default dictConfig) left text
         # handlers on its loggers and stopped them propagating: hand them back to the root.

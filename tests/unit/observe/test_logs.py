@@ -126,3 +126,13 @@ def test_a_job_that_ended_leaves_the_workers_lines():
         log.removeHandler(lines)
     left, idle = map(json.loads, lines.lines)
     assert left["job_id"] == "j2" and "job_id" not in idle and "job_ids" not in idle
+
+
+def test_alembics_plugin_list_is_not_logged_at_start_but_migrations_are(caplog):
+    """An operator's log says which migrations ran, not which autogenerate plugins exist."""
+    configure_logging("info")
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
+        logging.getLogger("alembic.runtime.migration").info("Running upgrade 0006 -> 0007")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["Running upgrade 0006 -> 0007"]
