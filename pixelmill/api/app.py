@@ -56,6 +56,8 @@ async def _maintenance(services: Services) -> None:
         await asyncio.sleep(interval)
         try:
             await reap_expired_jobs(services.store, services.notifier, services.events)
+            if canceled := await services.jobs.cancel_overdue():
+                log.info("canceled %d job(s) past their cancel deadline", canceled)
             if asyncio.get_running_loop().time() - last_sweep > SWEEP_INTERVAL_S:
                 last_sweep = asyncio.get_running_loop().time()
                 removed = await asyncio.to_thread(services.results.sweep)
@@ -80,6 +82,7 @@ async def _running(services: Services) -> AsyncIterator[None]:
         maintenance.cancel()
         cost_watch.cancel()
         await asyncio.gather(*(w.shutdown(t, SHUTDOWN_GRACE_S) for w, t in zip(runners, tasks)))
+        services.jobs.close()
         await services.events.drain(timeout=5)
         for backend in services.backends:
             backend.shutdown()

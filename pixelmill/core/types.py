@@ -272,3 +272,5 @@ class JobRecord(BaseModel):
     upstream_id: str | None = Field(None, description="The upstream's prediction/request id, once sent.")
     upstream_cost: float | None = Field(None, description="Hosted price paid upstream for this job (USD).")
     shadow_of: str | None = Field(None, description="The local job this upstream shadow run compares with.")
+    cancel_at: datetime | None = Field(None, description="When an unfinished job is canceled (a deadline its "
+                                       "client set, e.g. Replicate's Cancel-After); None: never.")

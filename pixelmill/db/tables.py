@@ -91,6 +91,9 @@ class Job(Base):
     upstream_id: Mapped[str | None] = mapped_column(sa.String(255))
     upstream_cost: Mapped[float | None] = mapped_column(sa.Float)
     shadow_of: Mapped[str | None] = mapped_column(sa.String(40))
+    # A deadline (Replicate's Cancel-After, migration 0008): past it, an unfinished job is
+    # canceled by whichever API host's maintenance sees it first, restarts included.
+    cancel_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 # Claim order is (priority desc, created_at, id) among the queued jobs of one route (local
@@ -103,6 +106,8 @@ sa.Index("ix_jobs_claim", Job.status, Job.route, Job.priority.desc(), Job.create
 sa.Index("ix_jobs_listing", Job.created_at.desc(), Job.id.desc())
 sa.Index("ix_jobs_status_listing", Job.status, Job.created_at.desc(), Job.id.desc())
 sa.Index("ix_jobs_key_listing", Job.api_key_id, Job.created_at.desc(), Job.id.desc())
+# Overdue deadlines among queued and running jobs: two short range scans, however long the history.
+sa.Index("ix_jobs_cancel_at", Job.status, Job.cancel_at)
 
 
 class Batch(Base):
@@ -309,6 +314,7 @@ def job_record(row: Mapping[str, Any]) -> JobRecord:
         upstream_id=row["upstream_id"],
         upstream_cost=row["upstream_cost"],
         shadow_of=row["shadow_of"],
+        cancel_at=utc_or_none(row["cancel_at"]),
     )
 
 

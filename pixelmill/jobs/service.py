@@ -108,6 +108,9 @@ class JobService:
         # None: accept every job (tests of the service alone); see jobs.availability.
         self.availability = availability
         self.router = router  # None: every job is local (no --backends)
+        # Cancel deadlines due while this process runs: exact to the timer, where the durable
+        # check (cancel_overdue, from the maintenance loop) is only as exact as its interval.
+        self._deadlines: set[asyncio.Task] = set()  # strong references: a pending task must not be collected
 
     def prepare(self, request: GenerationRequest, *, idempotency_key: str | None = None) -> ResolvedRequest:
         """The request as it will be stored and run: resolved by the request policy
@@ -131,8 +134,12 @@ class JobService:
         priority: int = 0,
         api_key_id: str | None = None,
         max_active: int | None = None,
+        cancel_after_s: float | None = None,
     ) -> tuple[JobRecord, bool]:
         """Commit a job for ``request``; returns (job, created). Committed before returning.
+
+        ``cancel_after_s``: cancel the job if it is not finished that long after now; the
+        deadline is stored with the job, so it holds across restarts.
 
         ``api_key_id`` is recorded on the job (the ledger's "who"); ``max_active`` caps that
         key's queued+running jobs (429 beyond it). Refused at once with
@@ -147,8 +154,10 @@ class JobService:
         job, created = await asyncio.to_thread(
             self.store.submit, prepared, idempotency_key=idempotency_key, webhook=webhook,
             priority=priority, max_attempts=self.settings.max_attempts, max_queued=self.settings.max_queued,
-            api_key_id=api_key_id, max_active=max_active, route=route,
+            api_key_id=api_key_id, max_active=max_active, route=route, cancel_after_s=cancel_after_s,
         )
+        if created and cancel_after_s is not None:
+            self._cancel_at_deadline(job.id, cancel_after_s)
         if created and decision is not None and (backend := self.router.shadow(job.id, decision)):
             # The sampled shadow run: same request upstream, no webhook, out of listings and limits.
             await asyncio.to_thread(self.store.submit, prepared, priority=priority, api_key_id=api_key_id,
@@ -193,6 +202,34 @@ class JobService:
         backend that makes PNGs), or None; for dialects that show "the current image"."""
         preview = await self.preview(job_id)
         return preview.data if preview is not None else None
+
+    def _cancel_at_deadline(self, job_id: str, seconds: float) -> None:
+        async def due() -> None:
+            await asyncio.sleep(seconds)
+            await self._cancel_quietly(job_id)
+
+        task = asyncio.create_task(due())
+        self._deadlines.add(task)
+        task.add_done_callback(self._deadlines.discard)
+
+    async def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            await self.cancel(job_id)
+        except (Conflict, NotFound):
+            pass  # finished (or gone) in time
+
+    async def cancel_overdue(self) -> int:
+        """Cancel every unfinished job past its stored deadline (those whose timer died with
+        the process that accepted them); returns how many. Run by each API host's maintenance."""
+        overdue = await asyncio.to_thread(self.store.overdue)
+        for job_id in overdue:
+            await self._cancel_quietly(job_id)
+        return len(overdue)
+
+    def close(self) -> None:
+        """Drop this process's deadline timers (the stored deadlines remain for the next start)."""
+        for task in self._deadlines:
+            task.cancel()
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job now, or ask the worker to stop a running one.

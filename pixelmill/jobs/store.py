@@ -77,9 +77,12 @@ class JobStore(LeaseStore):
         self, request: GenerationRequest, *, idempotency_key: str | None = None, batch_id: str | None = None,
         webhook: WebhookSpec | None = None, priority: int = 0, api_key_id: str | None = None,
         max_attempts: int = 3, max_queued: int | None = None, max_active: int | None = None,
-        route: str = "local", shadow_of: str | None = None,
+        route: str = "local", shadow_of: str | None = None, cancel_after_s: float | None = None,
     ) -> tuple[JobRecord, bool]:
         """Queue one job; returns ``(job, created)``.
+
+        ``cancel_after_s``: the job is canceled when still unfinished that long after it
+        was created (see :meth:`overdue`).
 
         ``route`` is who claims it: ``"local"`` workers or an upstream backend's name
         (:mod:`pixelmill.gateway`); ``shadow_of`` marks a shadow run of that local job.
@@ -91,12 +94,14 @@ class JobStore(LeaseStore):
         stores nothing. ``batch_id`` adds the job to an existing batch. ``max_active``
         bounds the queued+running jobs of ``api_key_id`` the same way.
         """
+        now = t.utc_now()
         row, images = new_job_row(
-            request, self.batch_key, created_at=t.utc_now(), webhook=webhook, priority=priority,
+            request, self.batch_key, created_at=now, webhook=webhook, priority=priority,
             api_key_id=api_key_id, max_attempts=max_attempts, batch_id=batch_id,
             idempotency_key=idempotency_key,
         )
-        row.update(route=route, shadow_of=shadow_of)
+        cancel_at = now + timedelta(seconds=cancel_after_s) if cancel_after_s is not None else None
+        row.update(route=route, shadow_of=shadow_of, cancel_at=cancel_at)
         try:
             return self._submit_once(row, images, max_queued, max_active)
         except sa.exc.IntegrityError:
@@ -178,7 +183,7 @@ class JobStore(LeaseStore):
                 request, self.batch_key, created_at=now + timedelta(microseconds=i), webhook=webhook,
                 priority=priority, api_key_id=api_key_id, max_attempts=max_attempts, batch_id=batch_id,
             )
-            row.update(route=routes[i] if routes else "local", shadow_of=None)
+            row.update(route=routes[i] if routes else "local", shadow_of=None, cancel_at=None)
             rows.append(row)
             images.update(row_images)  # one init image under many prompts: stored once
         with write_transaction(self.engine) as conn:
@@ -286,6 +291,15 @@ class JobStore(LeaseStore):
         return conn.execute(sa.select(sa.func.count()).where(jobs.c.status == status)).scalar_one()
 
     # ---- canceling --------------------------------------------------------------------------
+
+    def overdue(self, *, now: datetime | None = None, limit: int = 100) -> list[str]:
+        """Ids of queued or running jobs whose ``cancel_at`` deadline has passed (oldest
+        deadline first, at most ``limit``); canceling them is the caller's move."""
+        now = t.utc(now) if now is not None else t.utc_now()
+        unfinished = jobs.c.status.in_([QUEUED.value, RUNNING.value])
+        stmt = sa.select(jobs.c.id).where(unfinished, jobs.c.cancel_at < now, jobs.c.cancel_requested.is_(False))
+        with read_transaction(self.engine) as conn:
+            return list(conn.execute(stmt.order_by(jobs.c.cancel_at).limit(limit)).scalars())
 
     def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job: queued → canceled now; running → ``cancel_requested``; terminal → as is."""

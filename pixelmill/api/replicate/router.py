@@ -44,7 +44,6 @@ WAIT_MARGIN_S = 0.2
 PAGE_SIZE = 100
 _PREFER_WAIT = re.compile(r"(?:^|[\s,;])wait(?:\s*=\s*(\d{1,6}))?(?:$|[\s,;])")
 _DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*(ms|s|m|h)?\s*$")
-_CANCEL_TASKS: set[asyncio.Task] = set()  # strong references: a pending cancel-after must not be collected
 
 PreferHeader = Annotated[str | None, Header(
     alias="Prefer", description="wait or wait=N (1-60 s): hold the request until done or N seconds pass.")]
@@ -108,20 +107,6 @@ async def input_pngs(
     return await inpaint_pngs(image, mask, "luminance")
 
 
-def _cancel_later(services: Services, job_id: str, seconds: float) -> None:
-    """Cancel ``job_id`` after ``seconds`` unless it is done (kept by this process only)."""
-    async def cancel() -> None:
-        await asyncio.sleep(seconds)
-        try:
-            await services.jobs.cancel(job_id)
-        except (Conflict, NotFound):
-            pass  # finished (or gone) in time
-
-    task = asyncio.create_task(cancel())
-    _CANCEL_TASKS.add(task)
-    task.add_done_callback(_CANCEL_TASKS.discard)
-
-
 async def _create(
     body: PredictionCreate, model: str | None, services: Services, base_url: str, who: Principal,
     prefer: str | None, cancel_after: str | None,
@@ -136,9 +121,7 @@ async def _create(
     with wire_params(PARAM_NAMES):
         request = inputs.to_request(model=model, image_png=image_png, mask_png=mask_png,
                                     server_refiner=services.settings.refiner)
-        job, _ = await services.jobs.submit(request, webhook=webhook, **who.submit_args())
-    if deadline is not None:
-        _cancel_later(services, job.id, deadline)
+        job, _ = await services.jobs.submit(request, webhook=webhook, cancel_after_s=deadline, **who.submit_args())
     status = None
     if wait is not None:
         # The client reads for wait + 0.5 s: the time spent fetching and decoding inputs counts.
