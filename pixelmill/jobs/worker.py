@@ -21,6 +21,9 @@ only. How each kind of failure ends a job:
 
 * the backend raises a :class:`~pixelmill.core.errors.PixelmillError`: the job fails with
   its code (``out_of_memory`` is retried within ``max_attempts``);
+* ``out_of_memory`` on a batch of several jobs: the batch is split in halves, each run on
+  its own (split again while it runs out of memory), and the worker remembers the size
+  that failed as a lower cap for that batch key (see :meth:`Worker.batch_cap`);
 * the backend raises anything else (it crashed mid-job): ``backend_error``, retried
   within ``max_attempts``;
 * the backend returns a blank (NaN) image: that job fails with ``invalid_output``;
@@ -105,12 +108,17 @@ class _Batch:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     previews: PreviewBuffer = field(default_factory=PreviewBuffer)  # stored by the heartbeat
 
-    def on_progress(self, progress: Progress) -> None:
+    def on_progress(self, progress: Progress, runs: list[_Run] | None = None) -> None:
+        runs = self.runs if runs is None else runs  # previews are indexed by the call's requests
         self.progress = (progress.step, progress.total)
         for index, data in progress.previews.items():
-            if 0 <= index < len(self.runs):
-                self.previews.offer(self.runs[index].job.id, progress.step, data)
+            if 0 <= index < len(runs):
+                self.previews.offer(runs[index].job.id, progress.step, data)
         self.changed.set()
+
+    def progress_for(self, runs: list[_Run]):
+        """The progress callback of a call running ``runs`` (the whole batch, or a part of it)."""
+        return self.on_progress if runs is self.runs else lambda progress: self.on_progress(progress, runs)
 
 
 class Worker:
@@ -138,6 +146,7 @@ class Worker:
         self._current: _Batch | None = None
         self._last_reap = 0.0
         self._arrivals = Arrivals(gap_s=settings.max_batch_wait_ms / 1000 * SEQUENTIAL_GAP_FACTOR)
+        self._caps: dict[object, int] = {}  # batch key → most jobs per batch (learned from OOM)
         self.health = WorkerHealth()
         # Capped at the lease: a degraded worker looks again at least as often as a lease runs out.
         self._backoff = Backoff(cap=max(1.0, settings.lease_s))
@@ -191,7 +200,14 @@ class Worker:
     async def _claim_batch(self) -> list[JobRecord]:
         """The oldest queued job plus compatible company, waiting briefly for more to arrive."""
         size, lease = self.settings.max_batch_size, self.settings.lease_s
-        jobs = await asyncio.to_thread(self.store.claim, self.id, lease_s=lease, limit=size, batch_key=batch_key)
+        # With a learned cap the head's key decides the size: take the head alone first.
+        first = 1 if self._caps else size
+        jobs = await asyncio.to_thread(self.store.claim, self.id, lease_s=lease, limit=first, batch_key=batch_key)
+        if jobs and first < (size := self.batch_cap(jobs[0].request)):
+            jobs += await asyncio.to_thread(
+                self.store.claim_matching, self.id, lease_s=lease, limit=size - 1,
+                batch_key=batch_key, key=batch_key(jobs[0].request),
+            )
         self._arrived(jobs)
         wait_s = self.settings.max_batch_wait_ms / 1000 if self._arrivals.expect_company() else 0.0
         deadline = time.monotonic() + wait_s
@@ -204,6 +220,18 @@ class Worker:
             self._arrived(joined)
             jobs += joined
         return jobs
+
+    def batch_cap(self, request) -> int:
+        """Most jobs in one batch of ``request``'s batch key: ``max_batch_size`` until a
+        batch of that key ran out of device memory, then half the size that failed."""
+        return min(self.settings.max_batch_size, self._caps.get(batch_key(request), self.settings.max_batch_size))
+
+    def _lower_cap(self, runs: list[_Run]) -> None:
+        key, size = batch_key(runs[0].job.request), max(1, len(runs) // 2)
+        if size < self._caps.get(key, self.settings.max_batch_size):
+            self._caps[key] = size
+            log.warning("jobs %s ran out of device memory together; batches of this shape are "
+                        "now capped at %d job(s)", [run.job.id for run in runs], size)
 
     def _arrived(self, jobs: list[JobRecord]) -> None:
         self._arrivals.add([job.created_at.timestamp() for job in jobs])
@@ -297,25 +325,33 @@ class Worker:
         except Exception:  # the store is unreachable too: the leases run out and the reaper requeues
             log.exception("jobs %s: could not give the batch back", [run.job.id for run in batch.runs])
 
-    async def _generate(self, batch: _Batch) -> dict[str, JobRecord]:
-        """Run the batch and store its outcome; returns the jobs it completed, as stored."""
-        requests = [run.job.request for run in batch.runs]
+    async def _generate(self, batch: _Batch, runs: list[_Run] | None = None) -> dict[str, JobRecord]:
+        """Run the batch (or the part ``runs`` of it) and store its outcome; returns the jobs
+        it completed, as stored. A part that runs out of memory is run again in halves."""
+        runs = batch.runs if runs is None else runs
+        requests = [run.job.request for run in runs]
         try:
-            results = await self.backend.generate_batch(requests, on_progress=batch.on_progress, cancel=batch.token)
+            results = await self.backend.generate_batch(requests, on_progress=batch.progress_for(runs),
+                                                        cancel=batch.token)
             blank = await asyncio.to_thread(lambda: [blank_output_reason(result) for result in results])
         except GenerationCanceled:
-            await asyncio.gather(*(self._interrupted(run) for run in batch.runs))
+            await asyncio.gather(*(self._interrupted(run) for run in runs))
             return {}
         except PixelmillError as exc:
             retry = isinstance(exc, GenerationFailed) and exc.code in RETRYABLE_CODES
-            await self._fail_all(batch, exc.code, exc.message, retry=retry)
+            if exc.code == "out_of_memory" and len(runs) > 1:
+                self._lower_cap(runs)  # each half completes (files stored) before the next runs
+                half = len(runs) // 2
+                first = await self._generate(batch, runs[:half])
+                return first | await self._generate(batch, runs[half:])
+            await self._fail_all(runs, exc.code, exc.message, retry=retry)
             return {}
         except Exception as exc:  # the backend crashed mid-job: another attempt may fare better
-            log.exception("jobs %s: the backend crashed", [r.job.id for r in batch.runs])
-            await self._fail_all(batch, "backend_error", describe_fault(exc, "the backend crashed"), retry=True)
+            log.exception("jobs %s: the backend crashed", [r.job.id for r in runs])
+            await self._fail_all(runs, "backend_error", describe_fault(exc, "the backend crashed"), retry=True)
             return {}
         done = []
-        for run, result, reason in zip(batch.runs, results, blank):
+        for run, result, reason in zip(runs, results, blank):
             if run.cancel_requested:
                 # The batch finished for the others; a job canceled meanwhile discards its images.
                 await self._guarded("mark_canceled", run)
@@ -326,11 +362,11 @@ class Worker:
                 done.append((run, result))
         return await self._complete(done)
 
-    async def _fail_all(self, batch: _Batch, code: str, message: str, *, retry: bool) -> None:
-        log.warning("jobs %s failed (%s): %s", [r.job.id for r in batch.runs], code, message)
+    async def _fail_all(self, runs: list[_Run], code: str, message: str, *, retry: bool) -> None:
+        log.warning("jobs %s failed (%s): %s", [r.job.id for r in runs], code, message)
         await asyncio.gather(*(
             self._guarded("fail", run, code=code, message=message, retry=retry)
-            for run in batch.runs if not run.lease_lost
+            for run in runs if not run.lease_lost
         ))
 
     async def _complete(self, done: list[tuple[_Run, JobResult]]) -> dict[str, JobRecord]:
