@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pixelmill.core.policy import Defaults, Limits, Policy
+from pixelmill.core.profiles import load_profiles
+from pixelmill.registry.families import family_resolver
 
 DEFAULT_HUB_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 """Model served when none is configured; falls back to the demo model if it cannot load."""
@@ -131,6 +133,27 @@ class Settings(BaseSettings):
     compile: bool = False
     """torch.compile the UNet and warm it up at start (CUDA; slow start, faster steps)."""
 
+    # --- GPU path ------------------------------------------------------------------
+    precision: Literal["auto", "fp16", "bf16"] = "auto"
+    """Half precision on CUDA: auto (fp16), fp16, or bf16 (Ampere and newer; refused on
+    older cards). CPU always runs fp32; MPS fp16."""
+    vae: str | None = None
+    """VAE replacing every SDXL model's own: a folder, a name in the models directory's
+    ``vae/``, or a hub id. Unset: an fp16-safe VAE in ``vae/`` (a folder named like
+    ``sdxl-vae-fp16-fix``) when there is one, else each model's own VAE."""
+    vae_tile_above_pixels: int = Field(1536 * 1536, ge=1)
+    """Decode in tiles when one image has more pixels than this, and one image at a time
+    when a batch does (2048² in fp32 runs out of memory on 24 GB cards)."""
+    compile_buckets: list[str] = []
+    """With ``--compile``: shapes ``BATCHxWIDTHxHEIGHT`` (e.g. ``1x1024x1024``) compiled and
+    warmed at start; a batch is padded up to the smallest bucket that holds it. Unset: the
+    model's native size at batch 1."""
+    png_compress_level: int = Field(1, ge=0, le=9)
+    """zlib level of PNG outputs: 1 is 1.3-2x faster than 6 for about 9 % more bytes on a
+    1024² photo-like image (bench/RESULTS.md); 0 stores uncompressed (1.5x the bytes)."""
+    encode_threads: int = Field(2, ge=1, le=32)
+    """Threads encoding the images of a batch (PNG/JPEG/WebP) in parallel."""
+
     # --- generation defaults -------------------------------------------------------
     default_steps: int = Field(30, ge=1)
     """Denoising steps when a request does not say (OpenAI ``quality`` auto/standard)."""
@@ -218,6 +241,19 @@ class Settings(BaseSettings):
     variables the file names. Unset: every job runs on this fleet's own workers."""
     # --- end gateway -----------------------------------------------------------------
 
+    # --- model families --------------------------------------------------------------
+    model_profiles: Path | None = None
+    """Extra model profiles (TOML, ``[[profile]]`` tables like the shipped
+    ``pixelmill/core/model_profiles.toml``): per-model default steps, guidance and scheduler
+    for requests that leave them unset. Read before the shipped table, so it can override it."""
+    text_encoder_precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """dtype of FLUX's and SD3.5's T5 text encoder. auto: bf16 on CUDA (T5 overflows in fp16),
+    the model dtype elsewhere. CPU always runs fp32."""
+    text_encoder_quantization: Literal["none", "8bit", "4bit"] = "none"
+    """Load FLUX's/SD3.5's T5 text encoder quantized with bitsandbytes (CUDA only; install
+    ``pixelmill[quantization]``): 8bit about halves, 4bit about quarters its memory."""
+    # --- end model families ----------------------------------------------------------
+
     # --- operations ------------------------------------------------------------------
     log_format: Literal["text", "json"] = "text"
     """Log lines as text for people, or ``json`` (one object per line, with the request id
@@ -265,6 +301,8 @@ class Settings(BaseSettings):
             ),
             default_model_names=frozenset({*self.bare_model_aliases, *self.default_model_names}),
             model_aliases=self.model_alias_pairs,
+            families=family_resolver((self.models_dir, self.demo_models_dir), self.model),
+            profiles=load_profiles(self.model_profiles),
         )
 
     @property

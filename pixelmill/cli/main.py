@@ -123,16 +123,25 @@ def worker(
 def demo_model(
     directory: Annotated[Path, typer.Argument(help="Models directory to write into.")],
     size: Annotated[str, typer.Option(help="tiny (tests, quick start) or bench (benchmarks).")] = "tiny",
+    families: Annotated[str, typer.Option(help="Comma-separated families to write: sdxl, flux, sd3.")] = "sdxl,flux,sd3",
 ) -> None:
-    """Write the random-weight demo model (SDXL architecture) plus a LoRA and a ControlNet."""
+    """Write the random-weight demo models: SDXL (plus refiner, LoRA, ControlNet), FLUX.1 dev and
+    schnell, SD3.5 (each with a LoRA)."""
     if size not in ("tiny", "bench"):
         raise typer.BadParameter("size must be 'tiny' or 'bench'", param_hint="--size")
+    chosen = tuple(f.strip().lower() for f in families.split(",") if f.strip())
+    if not chosen or set(chosen) - {"sdxl", "flux", "sd3"}:
+        raise typer.BadParameter("families must be a comma-separated subset of sdxl, flux, sd3", param_hint="--families")
     from pixelmill.engine.demo import write_demo_models
 
-    with console.status(f"writing the {size} demo model to {directory}"):
-        write_demo_models(directory, size=size)  # type: ignore[arg-type]
-    console.print(f"[green]wrote[/] {directory}/checkpoints/demo, checkpoints/demo-refiner, loras/demo-style, controlnets/demo-canny")
-    console.print(f"serve it with: pixelmill serve --models-dir {directory} --model demo")
+    with console.status(f"writing the {size} demo models to {directory}"):
+        write_demo_models(directory, size=size, families=chosen)  # type: ignore[arg-type]
+    written = {"sdxl": "checkpoints/demo, checkpoints/demo-refiner, loras/demo-style, controlnets/demo-canny",
+               "flux": "checkpoints/demo-flux, checkpoints/demo-flux-schnell, loras/demo-flux-style",
+               "sd3": "checkpoints/demo-sd3, loras/demo-sd3-style"}
+    console.print(f"[green]wrote[/] {directory}: " + "; ".join(written[f] for f in chosen))
+    first = {"sdxl": "demo", "flux": "demo-flux-schnell", "sd3": "demo-sd3"}[chosen[0]]
+    console.print(f"serve it with: pixelmill serve --models-dir {directory} --model {first}")
 
 
 @app.command()

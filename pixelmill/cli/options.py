@@ -36,7 +36,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "Storage": ("data_dir", "db", "result_store", "result_retention_s"),
     "Models": ("models_dir", "model", "model_aliases", "refiner", "refiner_switch_at", "model_cache_gb",
                "lora_cache_size", "lora_cache_mb", "lora_max_rank", "controlnet_cache_size"),
-    "Device": ("device", "offload", "vae_tiling", "vae_slicing", "compile"),
+    "Model families": ("model_profiles", "text_encoder_precision", "text_encoder_quantization"),
+    "Device": ("device", "offload", "vae_tiling", "vae_slicing", "compile", "precision", "vae",
+               "vae_tile_above_pixels", "compile_buckets", "png_compress_level", "encode_threads"),
     "Queue": ("workers", "max_queued", "sync_timeout_s"),
     "Workers": ("worker_id", "lease_s", "heartbeat_s", "progress_interval_s", "poll_interval_s", "max_attempts",
                 "max_batch_size", "max_batch_wait_ms", "preview_steps"),
@@ -58,7 +60,7 @@ OTHER = "Other settings"
 """The panel of a setting no section names yet (a test keeps it empty)."""
 
 # What each command reads; everything else it still takes from PIXELMILL_* variables.
-WORKER = ("Storage", "Models", "Device", "Workers", "Webhooks", "public_url", "log_format")
+WORKER = ("Storage", "Models", "Model families", "Device", "Workers", "Webhooks", "public_url", "log_format")
 STORE = ("data_dir", "db")
 COST = (*STORE, "Cost", "backends")
 

@@ -38,6 +38,7 @@ def batch_key(request: GenerationRequest) -> Hashable:
         bool(request.negative_prompt),
         tuple(sorted((lora.name, lora.weight) for lora in request.loras)),
         (request.refiner.name, request.refiner.switch_at) if request.refiner else None,
+        getattr(request, "family", None),  # set on resolved requests: FLUX and SDXL never share a call
     )
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pydantic import ValidationError
 
 from pixelmill.core.errors import InvalidRequest
+from pixelmill.core.families import ModelFamily, check_family
+from pixelmill.core.profiles import ModelProfile, ProfileTable
 from pixelmill.core.prompt_syntax import check_emphasis, extract_lora_tags
 from pixelmill.core.samplers import canonical_scheduler
 from pixelmill.core.types import GenerationRequest, LoraSpec, Mode, RefinerSpec, ResolvedRequest
@@ -66,12 +68,17 @@ class Policy:
     ``default_model_names`` are the names that mean "the default model" (the OpenAI
     aliases and the default's own names); ``model_aliases`` are ``(name, model)`` pairs
     from ``--model-aliases name=model``: a request naming ``name`` runs ``model``.
+    ``families`` answers "which family is this model (None: the default)?" from its files
+    (``pixelmill.registry.families.FamilyResolver``; None or an unknown answer: no family
+    checks here, the engine checks after loading); ``profiles`` gives per-model defaults.
     """
 
     limits: Limits
     defaults: Defaults
     default_model_names: frozenset[str]
     model_aliases: tuple[tuple[str, str], ...] = ()
+    families: Callable[[str | None], ModelFamily | None] | None = None
+    profiles: ProfileTable | None = None
 
     def alias_target(self, name: str) -> str:
         """The model ``name`` stands for under ``model_aliases`` (``name`` itself if none),
@@ -174,7 +181,9 @@ def resolve(request: GenerationRequest, policy: Policy, catalog: Catalog | None 
     catalog or while unknown); every unset
     field gets its default; img2img/inpaint without a size take the input image's, fitted
     to the limits; the scheduler name becomes canonical; the server's default refiner
-    applies to txt2img and img2img. ``catalog`` None skips the model-name check.
+    applies to txt2img and img2img. ``catalog`` None skips the model-name check. With
+    ``policy.families``/``profiles``: the model's profile fills unset steps, guidance and
+    scheduler before the server defaults, and what its family cannot do is refused.
     """
     _check_encodable(request)  # first: before a tag parser, the store or a tokenizer sees the text
     request = normalize_request(request)
@@ -182,18 +191,30 @@ def resolve(request: GenerationRequest, policy: Policy, catalog: Catalog | None 
     _check_images(request)
     width, height = _size(request, policy.limits)
     defaults = policy.defaults
+    model = _model(request.model, policy, catalog)
+    family = policy.families(model) if policy.families is not None else None
+    profile = _profile(request, model, family, policy)
+    guidance = _first(request.guidance, profile.guidance if profile else None, defaults.guidance)
+    if family is not None and not family.guidance and request.guidance is None:
+        guidance = 0.0  # the model has no guidance input: 0 says so in the ledger and metadata
+    scheduler = request.scheduler or (profile.scheduler if profile else None)
     resolved = ResolvedRequest.model_validate({
         **dict(request),
-        "model": _model(request.model, policy, catalog),
+        "model": model,
         "width": width,
         "height": height,
-        "steps": defaults.steps if request.steps is None else request.steps,
-        "guidance": defaults.guidance if request.guidance is None else request.guidance,
+        "steps": _first(request.steps, profile.steps if profile else None, defaults.steps),
+        "guidance": guidance,
         "strength": defaults.strength if request.strength is None else request.strength,
         "mask_blur": defaults.mask_blur if request.mask_blur is None else request.mask_blur,
-        "scheduler": canonical_scheduler(request.scheduler) if request.scheduler else None,
-        "refiner": _refiner(request, defaults),
+        "scheduler": canonical_scheduler(scheduler) if scheduler else None,
+        "refiner": _refiner(request, defaults, family),
+        "family": family.key if family is not None else None,
     })
+    if family is not None:
+        check_family(resolved, family, guidance_given=request.guidance is not None)
+        if family.schedulers is not None and resolved.scheduler in family.schedulers:
+            resolved = resolved.model_copy(update={"scheduler": None})  # its own scheduler is that one
     _check_values(resolved, policy.limits)
     if catalog is not None:
         catalog.check(resolved)
@@ -233,10 +254,32 @@ def _model(name: str | None, policy: Policy, catalog: Catalog | None) -> str | N
     return catalog.default_model if catalog is not None else None
 
 
-def _refiner(request: GenerationRequest, defaults: Defaults) -> RefinerSpec | None:
-    """The request's refiner with its hand-off filled in, else the server's default refiner."""
+def _first(*values):
+    """The first value that is not None."""
+    return next(value for value in values if value is not None)
+
+
+def _profile(request: GenerationRequest, model: str | None, family: ModelFamily | None,
+             policy: Policy) -> ModelProfile | None:
+    """The model profile for the request's model: by the name the client sent (an alias's
+    target), else the resolved model's name, else the family the files say it is."""
+    if policy.profiles is None:
+        return None
+    family_key = family.key if family is not None else None
+    requested = policy.alias_target(request.model) if request.model else None
+    if requested in policy.default_model_names:
+        requested = None  # a bare alias ("black-forest-labs/flux-schnell") means the default model
+    for name in (requested, model):
+        if name and (found := policy.profiles.find(name, family_key)) is not None:
+            return found
+    return policy.profiles.find(None, family_key)
+
+
+def _refiner(request: GenerationRequest, defaults: Defaults, family: ModelFamily | None = None) -> RefinerSpec | None:
+    """The request's refiner with its hand-off filled in, else the server's default refiner
+    (never for a family without a refiner pass: the server's default is not the client's ask)."""
     if request.refiner is None:
-        if defaults.refiner and request.mode is not Mode.inpaint:
+        if defaults.refiner and request.mode is not Mode.inpaint and (family is None or family.refiner):
             return RefinerSpec(name=defaults.refiner, switch_at=defaults.refiner_switch_at)
         return None
     if request.refiner.switch_at is None:

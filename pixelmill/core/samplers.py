@@ -63,6 +63,12 @@ _SPECS = (
     SchedulerSpec("ddim", "DDIMScheduler", "DDIM"),
     SchedulerSpec("unipc", "UniPCMultistepScheduler", "UniPC", _PLAIN_SIGMAS, ("uni_pc",)),
     SchedulerSpec("lcm", "LCMScheduler", "LCM"),
+    # Few-step models (SDXL-Turbo, SDXL-Lightning) are sampled with "trailing" timestep
+    # spacing: the first step starts at the last training timestep (pure noise).
+    SchedulerSpec("euler_trailing", "EulerDiscreteScheduler", "Euler SGM Uniform",
+                  {**_PLAIN_SIGMAS, "timestep_spacing": "trailing"}),
+    SchedulerSpec("euler_a_trailing", "EulerAncestralDiscreteScheduler", "Euler a SGM Uniform",
+                  {"timestep_spacing": "trailing"}),
     SchedulerSpec("heun", "HeunDiscreteScheduler", "Heun", _PLAIN_SIGMAS, ("k_heun", "HeunDiscrete")),
     SchedulerSpec("lms", "LMSDiscreteScheduler", "LMS", _PLAIN_SIGMAS, ("k_lms",),
                   requires="scipy"),

@@ -143,6 +143,9 @@ class GenerationRequest(BaseModel):
     controlnets: tuple[ControlSpec, ...] = ()
     return_control_images: bool = Field(False, description="Also return each preprocessed control image.")
     refiner: RefinerSpec | None = None
+    family: str | None = Field(None, description="Set by the request policy, never by a client: the model's "
+                               "family/variant (``flux/schnell``) detected from its files; None when unknown "
+                               "there. Stored with the job and part of the batch key.")
 
 
 class ResolvedRequest(GenerationRequest):

@@ -62,6 +62,8 @@ class _UnexpectedKeys(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
+        if text.startswith("No LoRA keys associated to") and "prefix='text_encoder" in text:
+            return  # FLUX/SD3 LoRAs that train the transformer only: diffusers still asks each encoder
         if "unexpected keys" in text.lower() or "no lora" in text.lower():
             self.messages.append(text)
 
@@ -219,7 +221,7 @@ class LoraCache:
     def _load(self, path, name: str, *, param: str) -> str:
         self._serial += 1
         adapter = f"pm{self._serial}"  # peft keys modules by adapter name: no '.' or '-'
-        if getattr(self._pipe, "fusing_unet", False):
+        if getattr(self._pipe, "fusing_unet", False) or getattr(self._pipe, "fusing_transformer", False):
             # Fused QKV (CUDA) has no separate q/k/v layers for the LoRA to attach to.
             self._pipe.unfuse_qkv_projections()
         with _watch_lora_warnings() as caught, _quiet_peft():

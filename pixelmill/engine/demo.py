@@ -42,6 +42,7 @@ from typing import Literal
 
 import torch
 
+from pixelmill.engine.demo_flux import write_family_demos
 from pixelmill.engine.demo_tokenizer import build_tokenizer, write_tokenizer_files
 from pixelmill.engine.demo_tokenizer import vocab as tokenizer_vocab
 from pixelmill.registry.manifest import DEMO_MODELS_KIND, MANIFEST_NAME, publish, staging_folder, write_manifest
@@ -110,8 +111,10 @@ _ITEMS = (f"controlnets/{DEMO_CONTROLNET_NAME}", f"loras/{DEMO_LORA_NAME}.safete
           f"checkpoints/{DEMO_REFINER_NAME}", f"checkpoints/{DEMO_MODEL_NAME}")
 
 
-def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny") -> None:
-    """Write the demo checkpoint, refiner, LoRA and ControlNet under ``models_dir``.
+def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny",
+                      families: tuple[str, ...] = ("sdxl",)) -> None:
+    """Write the demo checkpoint, refiner, LoRA and ControlNet under ``models_dir``; with
+    ``"flux"``/``"sd3"`` in ``families`` also the FLUX.1 / SD3.5 demos (engine/demo_flux.py, demo_sd3.py).
 
     Never leaves a half-written model where a reader could take it for a whole one:
     everything is built in a temporary folder next to ``models_dir`` first. A folder of
@@ -123,22 +126,26 @@ def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny")
     target = Path(models_dir)
     staged = staging_folder(target)
     try:
-        _write_all(staged, SIZES[size])
+        items = _write_all(staged, SIZES[size], size, families)
         # A manifest marks a folder this function wrote whole: it is replaced whole again.
         own_folder = not target.exists() or not any(target.iterdir()) or (target / MANIFEST_NAME).exists()
         if own_folder:
-            write_manifest(staged, kind=DEMO_MODELS_KIND, details={"size": size})
+            write_manifest(staged, kind=DEMO_MODELS_KIND, details={"size": size, "families": list(families)})
             publish(staged, target)
             return
-        for item in _ITEMS:
+        for item in items:
             (target / item).parent.mkdir(parents=True, exist_ok=True)
             publish(staged / item, target / item)
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # gone already when published whole
 
 
-def _write_all(models_dir: Path, spec: DemoSize) -> None:
-    """Write every demo model into the (new, empty) folder ``models_dir``."""
+def _write_all(models_dir: Path, spec: DemoSize, size: str, families: tuple[str, ...]) -> list[str]:
+    """Write every demo model into the (new, empty) folder ``models_dir``; the items written."""
+    with _quiet_libraries():
+        items = write_family_demos(models_dir, size, families)  # FLUX.1, SD3.5: demo_flux.py, demo_sd3.py
+    if "sdxl" not in families:
+        return items
     with _quiet_libraries(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         pipe = build_demo_pipeline(spec)
@@ -147,6 +154,7 @@ def _write_all(models_dir: Path, spec: DemoSize) -> None:
         _write_refiner(pipe, spec, models_dir / "checkpoints" / DEMO_REFINER_NAME)
         # Last, because adding adapters mutates the in-memory components.
         _write_lora(pipe, spec, models_dir / "loras")
+    return [*items, *_ITEMS]
 
 
 # What a failed default-model load usually means, recognised in the loader's message.

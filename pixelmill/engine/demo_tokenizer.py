@@ -64,3 +64,31 @@ def write_tokenizer_files(folder: Path, pad_token: str) -> None:
         "do_lower_case": True,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", "utf-8")
+
+
+# --- T5 (FLUX.1, SD3.5) ---------------------------------------------------------------------
+
+_T5_WORDS = ("the", "a", "of", "and", "in", "on", "with", "cat", "dog", "photo", "red", "blue",
+             "green", "sky", "tree", "house", "portrait", "city", "night", "light")
+
+
+def t5_vocab() -> list[tuple[str, float]]:
+    """A small SentencePiece-unigram vocabulary in T5's layout (``<pad>`` 0, ``</s>`` 1,
+    ``<unk>`` 2), with single characters so any ASCII text tokenizes."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.!?'-"]
+    pieces += [("\u2581" + w, -1.0) for w in _T5_WORDS]
+    return pieces
+
+
+def build_t5_tokenizer(max_length: int = 512):
+    """A ``T5Tokenizer`` (tokenizers-backed) over :func:`t5_vocab`: no download, no sentencepiece file."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=t5_vocab(), extra_ids=0, model_max_length=max_length)
+
+
+def write_t5_tokenizer(folder: Path, max_length: int = 512) -> None:
+    """Save the demo T5 tokenizer (``tokenizer.json`` + config) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    build_t5_tokenizer(max_length).save_pretrained(folder)

@@ -3,13 +3,16 @@
 ``select_device`` turns a preference ("auto", "cpu", "cuda:1", "mps") into a frozen
 :class:`DeviceConfig`; ``prepare_pipeline`` applies it to a freshly loaded pipeline
 (placement or CPU offload, SDPA attention, channels-last, VAE tiling/slicing, the
-fp16-safe VAE, ``torch.compile``). ``nan_guard`` refuses black/NaN images, the visible
+fp16-safe VAE, ``torch.compile``; warm-up and buckets: :mod:`pixelmill.engine.compile`).
+``nan_guard`` refuses black/NaN images, the visible
 symptom of fp16 overflow.
 
 Precision choices:
 
-* CUDA: fp16. SDXL's UNet and text encoders are fine in fp16; its VAE overflows, which
-  is handled by ``force_upcast`` (decode in fp32) unless an fp16-fix VAE is configured.
+* CUDA: fp16 (``--precision bf16`` on Ampere and newer: bf16). SDXL's UNet and text
+  encoders are fine in fp16; its VAE overflows in fp16, so it decodes in bf16 where the
+  GPU has it, in fp16 when the VAE is fp16-safe, else in fp32 (see
+  :mod:`pixelmill.engine.vae`, which also picks the VAE).
 * MPS: fp16 as well. fp32 SDXL needs ~14 GB of unified memory and is roughly twice as
   slow; fp16 with the same VAE upcast is what diffusers' Apple guide uses, and
   ``nan_guard`` catches the rare black output instead of returning it silently.
@@ -48,9 +51,17 @@ class DeviceConfig:
     vae_tiling: bool = False
     vae_slicing: bool = False
     compile: bool = False
-    vae_path: Path | None = None
-    """Optional diffusers ``AutoencoderKL`` folder replacing every model's VAE (e.g. an
-    fp16-fix SDXL VAE, which makes the fp32 upcast for decoding unnecessary)."""
+    vae_path: Path | str | None = None
+    """Optional diffusers ``AutoencoderKL`` folder or hub id replacing every SDXL model's
+    VAE (see :func:`pixelmill.engine.vae.choose_vae`)."""
+    vae_fp16_safe: bool = False
+    """The configured VAE does not overflow in fp16 (e.g. sdxl-vae-fp16-fix): no upcast."""
+    bf16: bool = False
+    """The device computes bf16 natively (CUDA compute capability 8.0 and newer)."""
+    vae_tile_above_pixels: int = 1536 * 1536
+    """Tile the VAE decode above this many pixels per image, slice above it per batch."""
+    compile_buckets: tuple[tuple[int, int, int], ...] = ()
+    """``(batch, width, height)`` shapes compiled at start (see :mod:`pixelmill.engine.compile`)."""
     lora_max_rank: int = 128
     """Rank of the LoRA hot-swap slots of a compiled UNet (see :attr:`lora_hotswap`)."""
     _compile_backend: str | None = field(default=None, repr=False)
@@ -66,6 +77,13 @@ class DeviceConfig:
         return self.dtype in (torch.float16, torch.bfloat16)
 
     @property
+    def vae_dtype(self) -> torch.dtype:
+        """The dtype SDXL VAEs are kept and decode in (see :func:`pixelmill.engine.vae.decode_dtype`)."""
+        from pixelmill.engine.vae import decode_dtype
+
+        return decode_dtype(self.dtype, fp16_safe=self.vae_fp16_safe, bf16=self.bf16)
+
+    @property
     def lora_hotswap(self) -> bool:
         """LoRAs are hot-swapped into fixed UNet slots (whenever the UNet is compiled), so
         switching them changes no module and no guard and never triggers a recompile."""
@@ -79,21 +97,49 @@ def select_device(
     vae_tiling: bool = False,
     vae_slicing: bool = False,
     compile: bool = False,
-    vae_path: Path | None = None,
+    vae_path: Path | str | None = None,
     lora_max_rank: int = 128,
+    precision: str = "auto",
+    vae_fp16_safe: bool = False,
+    vae_tile_above_pixels: int = 1536 * 1536,
+    compile_buckets: tuple[tuple[int, int, int], ...] = (),
 ) -> DeviceConfig:
     """Resolve a device preference into a :class:`DeviceConfig`.
 
     ``auto`` picks CUDA, then MPS, then CPU. An explicit device that is not available
-    raises :class:`~pixelmill.core.errors.ModelUnavailable`.
+    raises :class:`~pixelmill.core.errors.ModelUnavailable`, as does ``precision="bf16"``
+    on a GPU without bf16.
     """
     device = _resolve_device(preference.strip().lower())
-    dtype = torch.float32 if device == "cpu" else torch.float16
+    bf16 = device.startswith("cuda") and _bf16_capable(device)
+    dtype = pick_dtype(device, precision, bf16=bf16)
     if offload not in ("none", "model", "sequential"):
         raise ModelUnavailable(f"unknown offload mode {offload!r}; use none, model or sequential")
     return DeviceConfig(device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
                         vae_slicing=vae_slicing, compile=compile, vae_path=vae_path,
-                        lora_max_rank=lora_max_rank)
+                        lora_max_rank=lora_max_rank, vae_fp16_safe=vae_fp16_safe, bf16=bf16,
+                        vae_tile_above_pixels=vae_tile_above_pixels, compile_buckets=compile_buckets)
+
+
+def pick_dtype(device: str, precision: str, *, bf16: bool) -> torch.dtype:
+    """The pipelines' dtype: fp32 on CPU, fp16 on MPS, on CUDA fp16 or (asked for) bf16."""
+    if precision not in ("auto", "fp16", "bf16"):
+        raise ModelUnavailable(f"unknown precision {precision!r}; use auto, fp16 or bf16")
+    if device == "cpu":
+        return torch.float32
+    if precision == "bf16":
+        if not bf16:
+            raise ModelUnavailable(f"--precision bf16 needs a GPU with bf16 (compute capability "
+                                   f"8.0 or newer); {device} has none: use fp16")
+        return torch.bfloat16
+    return torch.float16
+
+
+def _bf16_capable(device: str) -> bool:
+    from pixelmill.engine.vae import bf16_capable
+
+    index = int(device.partition(":")[2] or torch.cuda.current_device())
+    return bf16_capable(torch.cuda.get_device_capability(index))
 
 
 def _resolve_device(pref: str) -> str:
@@ -141,13 +187,18 @@ def prepare_pipeline(pipe: Any, cfg: DeviceConfig) -> Any:
     cast anyway so that callers cannot get this wrong.
     """
     _quiet_empty_fp32_warning()
-    if cfg.vae_path is not None:
+    unet = getattr(pipe, "unet", None) is not None  # SDXL; FLUX/SD3 have a transformer (model families)
+    if cfg.vae_path is not None and unet and _decodes_latents(pipe):
         _swap_vae(pipe, cfg)
     _use_sdpa(pipe)
     cache_attention_signatures()
     _configure_vae(pipe, cfg)
     apply_placement(pipe, cfg)
-    if cfg.is_cuda and cfg.offload == "none":
+    if cfg.is_cuda:
+        from pixelmill.engine.compile import configure_cuda_backends
+
+        configure_cuda_backends()
+    if cfg.is_cuda and cfg.offload == "none" and unet:
         # NHWC convolutions use tensor cores better on CUDA; no benefit on CPU/MPS.
         pipe.unet.to(memory_format=torch.channels_last)
         _fuse_qkv(pipe)
@@ -155,7 +206,7 @@ def prepare_pipeline(pipe: Any, cfg: DeviceConfig) -> Any:
         # Must precede compiling: it declares the rank every hot-swapped LoRA is padded to
         # (see pixelmill.engine.hotswap, which builds the slots and consumes this setting).
         pipe.enable_lora_hotswap(target_rank=cfg.lora_max_rank)
-    if cfg.compile:
+    if cfg.compile and unet:
         _compile_unet(pipe, cfg)
     return pipe
 
@@ -186,6 +237,8 @@ def apply_placement(pipe: Any, cfg: DeviceConfig) -> None:
     if _needs_cast(pipe, cfg.dtype):
         # Only when needed: diffusers warns on every dtype-carrying .to() call.
         pipe.to(dtype=cfg.dtype)
+    if _decodes_latents(pipe) and pipe.vae.dtype != cfg.vae_dtype:
+        pipe.vae.to(dtype=cfg.vae_dtype)  # the VAE rests in its decode dtype (engine/vae.py)
     if cfg.offload == "none" or not cfg.is_cuda:
         pipe.to(cfg.device)
         return
@@ -213,20 +266,23 @@ def _quiet_empty_fp32_warning() -> None:
         target.addFilter(_EmptyFp32ListFilter())
 
 
+def _decodes_latents(pipe: Any) -> bool:
+    from pixelmill.engine.vae import decodes_latents
+
+    return decodes_latents(pipe)
+
+
 def _needs_cast(pipe: Any, dtype: torch.dtype) -> bool:
-    modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+    skip = "vae" if _decodes_latents(pipe) else None  # kept in its own decode dtype
+    modules = [c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module) and name != skip]
     return any(p.dtype != dtype for m in modules for p in m.parameters() if p.is_floating_point())
 
 
 def _swap_vae(pipe: Any, cfg: DeviceConfig) -> None:
-    from diffusers import AutoencoderKL
+    from pixelmill.engine.vae import VaeChoice, load_vae
 
-    try:
-        vae = AutoencoderKL.from_pretrained(cfg.vae_path, dtype=cfg.dtype,
-                                            use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(f"cannot load the configured VAE: {exc}") from exc
-    pipe.vae = vae  # DiffusionPipeline.__setattr__ also updates the pipeline config
+    choice = VaeChoice(str(cfg.vae_path), cfg.vae_fp16_safe, "setting")
+    pipe.vae = load_vae(choice, cfg.vae_dtype)  # DiffusionPipeline.__setattr__ also updates the config
 
 
 def _use_sdpa(pipe: Any) -> None:
@@ -269,10 +325,16 @@ def _configure_vae(pipe: Any, cfg: DeviceConfig) -> None:
         vae.enable_tiling()
     if cfg.vae_slicing:
         vae.enable_slicing()
-    if cfg.dtype == torch.float16 and cfg.vae_path is None and not vae.config.force_upcast:
-        # The stock SDXL VAE overflows in fp16 (black/NaN images). The SDXL pipelines
-        # decode (and encode) in fp32 when force_upcast is set; only an fp16-fix VAE
-        # configured through vae_path may turn that off, via its own config.
+    if _decodes_latents(pipe):
+        # pixelmill decodes SDXL latents itself, also tiling/slicing by size per call
+        # (engine/vae.py); the VAE rests in its decode dtype, with no per-call casts.
+        from pixelmill.engine.vae import set_decode_dtype
+
+        set_decode_dtype(vae, cfg.vae_dtype, fp16_safe=cfg.vae_fp16_safe and cfg.vae_path is not None)
+        return
+    if cfg.dtype == torch.float16 and not getattr(vae.config, "force_upcast", True):
+        # Pipelines that decode by themselves (other families) keep diffusers' own fp32
+        # upcast of an fp16 VAE: overflow shows as black/NaN images.
         vae.register_to_config(force_upcast=True)
 
 
@@ -282,28 +344,22 @@ def _compile_unet(pipe: Any, cfg: DeviceConfig) -> None:
         return
     # Module.compile() compiles in place and keeps the UNet2DConditionModel type, so
     # from_pipe type checks and load_lora_weights keep working on the compiled UNet.
+    from pixelmill.engine.compile import configure_dynamo, configure_inductor, log_recompiles
+    from pixelmill.engine.vae import compile_decoder
+
+    log_recompiles()
+    configure_dynamo()
     if cfg._compile_backend is not None:  # tests: trace with dynamo, skip inductor
         pipe.unet.compile(backend=cfg._compile_backend, fullgraph=False)
+        if _decodes_latents(pipe):
+            compile_decoder(pipe.vae, mode=COMPILE_MODE, backend=cfg._compile_backend)
         return
-    pipe.unet.compile(mode=COMPILE_MODE, fullgraph=False)
-
-
-def warmup(pipe: Any, width: int, height: int, *, guidance: float = 5.0) -> None:
-    """Run one 2-step generation so that ``torch.compile`` and kernel selection happen now.
-
-    Compiled graphs are specialised on shapes: warm up at the size (and with classifier
-    free guidance on, i.e. batch 2 in the UNet) that most requests will use.
-    """
-    import time
-
-    start = time.perf_counter()
-    # no_grad, as diffusers' own __call__ uses: a graph compiled under inference_mode has
-    # other dispatch keys, and the first real request would compile all over again.
-    with torch.no_grad():
-        pipe(prompt="warmup", num_inference_steps=2, width=width, height=height,
-             guidance_scale=guidance, output_type="np",
-             generator=torch.Generator("cpu").manual_seed(0))
-    log.info("warm-up at %dx%d took %.1f s", width, height, time.perf_counter() - start)
+    configure_inductor()
+    # dynamic=False: every shape is a bucket warmed at start (engine/compile.py), so a
+    # static graph per bucket beats one symbolic graph, and no request meets a new shape.
+    pipe.unet.compile(mode=COMPILE_MODE, fullgraph=False, dynamic=False)
+    if _decodes_latents(pipe):
+        compile_decoder(pipe.vae, mode=COMPILE_MODE)
 
 
 def free_memory(cfg: DeviceConfig) -> None:

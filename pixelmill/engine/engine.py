@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pixelmill import __version__
@@ -57,12 +58,17 @@ class Engine:
     """Owns the device and the loaded models; runs one generation at a time."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry):
+        from pixelmill.engine.compile import parse_buckets
         from pixelmill.engine.device import select_device
         from pixelmill.engine.model_cache import ModelCache
+        from pixelmill.engine.vae import choose_vae
 
         _quiet_libraries()
         self.settings = settings
         self.registry = registry
+        vae = choose_vae(settings.vae, settings.models_dir)
+        if vae is not None:
+            log.info("VAE %s (%s, fp16-safe: %s)", vae.source, vae.origin, vae.fp16_safe)
         self.device = select_device(
             settings.device,
             offload=settings.offload,
@@ -70,7 +76,15 @@ class Engine:
             vae_slicing=settings.vae_slicing,
             compile=settings.compile,
             lora_max_rank=settings.lora_max_rank,
+            precision=settings.precision,
+            vae_path=vae.source if vae is not None else None,
+            vae_fp16_safe=vae is not None and vae.fp16_safe,
+            vae_tile_above_pixels=settings.vae_tile_above_pixels,
+            compile_buckets=parse_buckets(settings.compile_buckets),
         )
+        # PNG/JPEG/WebP encoders release the GIL: a batch's images encode in parallel.
+        self._encoder = ThreadPoolExecutor(max_workers=settings.encode_threads,
+                                           thread_name_prefix="pixelmill-encode")
         self._models = ModelCache(int(settings.model_cache_gb * 1e9), self._load_model, self._estimate)
         self._default: ModelSource | None = None  # what requests without a model get
         self._native_size: tuple[int, int] | None = None
@@ -131,15 +145,22 @@ class Engine:
         from pixelmill.engine.pipelines import PipelineSet
 
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        pipe = load_source(source, self.device, local_files_only=offline)
-        pipes = PipelineSet(pipe, source.name, self.device)
-        if self.device.compile:
-            from pixelmill.engine.device import warmup
+        from pixelmill.engine.families import TextEncoderOptions
 
-            warmup(pipe, *pipes.native_size)  # compile now, not on the first request
+        options = TextEncoderOptions(self.settings.text_encoder_precision, self.settings.text_encoder_quantization)
+        pipe = load_source(source, self.device, local_files_only=offline, options=options)
+        pipes = PipelineSet(pipe, source.name, self.device)
+        if self.device.compile and pipes.family.family == "sdxl":  # compile every bucket now (SDXL's UNet only)
+            from pixelmill.engine.compile import default_buckets, warm_up
+            from pixelmill.engine.vae import decodes_latents, decode
+
+            buckets = default_buckets(self.device.compile_buckets, pipes.native_size)
+            warm_up(pipe, buckets, decode=(lambda p, latents: decode(p, latents, self.device))
+                    if decodes_latents(pipe) else None)
         loras = LoraCache(pipe, source.name, self.registry, max_count=self.settings.lora_cache_size,
                           max_bytes=int(self.settings.lora_cache_mb * 1e6),
-                          hotswap_rank=self.device.lora_max_rank if self.device.lora_hotswap else None)
+                          hotswap_rank=self.device.lora_max_rank
+                          if self.device.lora_hotswap and pipes.family.family == "sdxl" else None)
         log.info("model %s ready on %s (%s)", source.name, self.device.device, self.device.dtype)
         return LoadedModel(source, pipes, loras, module_bytes(pipe),
                            on_close=lambda: self._extras.refiners.release(pipe))
@@ -236,29 +257,52 @@ class Engine:
         started = time.perf_counter()
         try:
             model.loras.activate(head.loras)
-            outputs = self._run_groups(model.pipes, requests, on_progress, is_canceled, on_preview)
+            padded = self._pad_to_bucket(requests, model.pipes)
+            outputs = self._run_groups(model.pipes, padded, on_progress, is_canceled, on_preview)[:len(requests)]
         except PixelmillError:
             raise
         except Exception as exc:  # a diffusers/torch failure is a server fault, not the caller's
             log.exception("generation failed")
             raise self._as_failure(exc) from exc
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started  # device time: encoding is not in it
         total_images = sum(r.n for r in requests)
         name = model.source.name
+        images = [[self._encoder.submit(self._encode, request, name, output.sampler, img, seed)
+                   for img, seed in zip(output.images, output.seeds)]
+                  for request, output in zip(requests, outputs)]
+        controls = [[self._encoder.submit(self._encode_control, img) for img in output.control_images]
+                    for output in outputs]
         return [
             JobResult(
-                images=[self._encode(request, name, output.sampler, img, seed)
-                        for img, seed in zip(output.images, output.seeds)],
-                control_images=[self._encode_control(img) for img in output.control_images],
+                images=[future.result() for future in mine],
+                control_images=[future.result() for future in my_controls],
                 seed=output.seeds[0], model=name, width=output.width, height=output.height,
                 steps=request.steps, sampler=output.sampler, gpu_seconds=elapsed * request.n / total_images,
             )
-            for request, output in zip(requests, outputs)
+            for request, output, mine, my_controls in zip(requests, outputs, images, controls)
         ]
+
+    def _pad_to_bucket(self, requests: list[GenerationRequest], pipes) -> list[GenerationRequest]:
+        """With ``--compile``, add a throw-away request so the call's batch is a warmed bucket
+        (see :mod:`pixelmill.engine.compile`); its images are dropped after the call."""
+        family = getattr(getattr(pipes, "family", None), "family", "sdxl")
+        if not self.device.compile or family != "sdxl":  # only SDXL's UNet is compiled (warm-up above)
+            return requests
+        from pixelmill.engine.compile import default_buckets, padding_for
+        from pixelmill.engine.generation import target_size
+
+        head, images = requests[0], sum(r.n for r in requests)
+        try:
+            width, height = target_size(head, pipes.native_size)
+        except GenerationFailed:
+            return requests
+        extra = padding_for(default_buckets(self.device.compile_buckets, pipes.native_size), images, width, height)
+        return requests + [head.model_copy(update={"n": extra})] if extra else requests
 
     def _run_groups(self, pipes, requests, on_progress, is_canceled, on_preview=None) -> list:
         """``run_batch`` per group of equal prompt length, outputs back in request order."""
-        groups = prompt_length_groups(pipes.base, requests) if len(requests) > 1 else [[0]]
+        sdxl = getattr(pipes, "family", None) is None or pipes.family.family == "sdxl"  # others: no chunking
+        groups = prompt_length_groups(pipes.base, requests) if len(requests) > 1 and sdxl else [list(range(len(requests)))]
         outputs: list = [None] * len(requests)
         for group in groups:
             counts = [requests[i].n for i in group]
@@ -275,9 +319,8 @@ class Engine:
             return GenerationFailed("the device ran out of memory; try a smaller size or n", code="out_of_memory")
         return GenerationFailed(f"generation failed: {type(exc).__name__}")
 
-    @staticmethod
-    def _encode_control(image) -> GeneratedImage:
-        data = encode_image(image, OutputFormat.png)
+    def _encode_control(self, image) -> GeneratedImage:
+        data = encode_image(image, OutputFormat.png, png_level=self.settings.png_compress_level)
         return GeneratedImage(data=data, media_type=OutputFormat.png.media_type, seed=0,
                               width=image.width, height=image.height)
 
@@ -287,7 +330,8 @@ class Engine:
             request, model=model, sampler=sampler, seed=seed, width=image.width, height=image.height,
             version=f"pixelmill {__version__}",
         )
-        data = encode_image(image, request.output_format, quality=request.output_quality, parameters=parameters)
+        data = encode_image(image, request.output_format, quality=request.output_quality, parameters=parameters,
+                            png_level=self.settings.png_compress_level)
         return GeneratedImage(
             data=data, media_type=request.output_format.media_type, seed=seed,
             width=image.width, height=image.height,

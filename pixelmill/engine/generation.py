@@ -3,6 +3,13 @@
 Seeds: image ``i`` of a request uses ``seed + i`` through its own CPU generator, so an
 image is reproducible on its own (same seed ⇒ same image, whatever ``n`` was) and CPU
 and CUDA draw the same initial noise.
+
+Families (:mod:`pixelmill.engine.families`): one path for SDXL, FLUX.1 and SD3.5; the
+prompt and guidance kwargs differ per family. The family's limits are checked again here
+(:func:`pixelmill.core.families.check_family`), because a stored job may have been resolved
+by an API host that could not see the model's files. Live previews are SDXL-only: FLUX's
+latents are packed 2x2 patches and SD3's have 16 channels that the SDXL projection in
+:mod:`pixelmill.engine.preview` would turn into garbage, so other families send none.
 """
 
 from __future__ import annotations
@@ -11,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from pixelmill.core.types import SEED_SPACE, GenerationRequest, Mode, resolve_seed
+from pixelmill.engine import vae
 from pixelmill.engine.device import nan_guard
 from pixelmill.engine.preview import PreviewHook
 from pixelmill.images.codecs import open_png
@@ -24,6 +31,8 @@ from pixelmill.engine.prompts import chunk_count, encode_prompts
 from pixelmill.core.samplers import sampler_label
 from pixelmill.engine.schedulers import use_scheduler
 from pixelmill.core.errors import GenerationCanceled, GenerationFailed
+from pixelmill.core.families import SDXL, check_family
+from pixelmill.engine.families import call_kwargs, family_of_pipeline
 
 
 @dataclass
@@ -116,6 +125,11 @@ def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_
     ``preview`` (None: no preview work) sees the latents after each step, refiner included.
     """
     head = requests[0]
+    family = getattr(pipes, "family", None)
+    if family is not None:
+        check_family(head, family, guidance_given=False)  # a server default guidance is not refused
+        if family.family != SDXL:
+            preview = None  # packed / 16-channel latents: no cheap faithful preview (module doc)
     width, height = target_size(head, pipes.native_size)
     seeds = [[(resolve_seed(r.seed) + i) % SEED_SPACE for i in range(r.n)] for r in requests]
     inputs = [_mode_inputs(r, width, height) for r in requests]
@@ -126,12 +140,14 @@ def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_
                        _step_callback(on_progress, is_canceled, total=progress_total, preview=preview),
                        control_kwargs)
     if head.refiner is not None:
-        arrays = _refine(pipes, pipe, requests, seeds, result.images, extras, on_progress, is_canceled,
-                         preview)
+        with vae.pipeline_decodes(pipe.vae, pipes.cfg):
+            arrays = _refine(pipes, pipe, requests, seeds, result.images, extras, on_progress, is_canceled,
+                             preview)
     else:
-        arrays = np.asarray(result.images)
+        arrays = result.images
+    arrays = vae.pixels(pipe, arrays, pipes.cfg)  # uint8, converted on the device (engine/vae.py)
     nan_guard(arrays)
-    images = iter(pipe.image_processor.numpy_to_pil(arrays))
+    images = iter(vae.to_pil(arrays))
     label = sampler_label(head.scheduler, pipes.scheduler_config)
     outputs = []
     for request, request_seeds, request_inputs in zip(requests, seeds, inputs):
@@ -248,17 +264,23 @@ def _call(pipe, requests: list[GenerationRequest], width: int, height: int, seed
 
         kwargs |= handoff_kwargs(head.refiner.switch_at)  # latents out, the refiner decodes
     else:
-        kwargs["output_type"] = "np"
+        kwargs["output_type"] = vae.output_type(pipe)  # SDXL: latents, decoded by engine/vae.py
     pipe.set_progress_bar_config(disable=True)  # progress goes to on_progress, not stderr
+    family = family_of_pipeline(pipe)
+    if family.family == SDXL:
+        text = {**_prompt_kwargs(encode_prompts, pipe, requests, seeds), "guidance_scale": head.guidance,
+                "clip_skip": head.clip_skip}
+    else:
+        negatives = _per_image([r.negative_prompt for r in requests], seeds) if head.negative_prompt else None
+        text = call_kwargs(family, prompts=_per_image([r.prompt for r in requests], seeds), negatives=negatives,
+                           guidance=head.guidance, clip_skip=head.clip_skip)
     return pipe(
-        **_prompt_kwargs(encode_prompts, pipe, requests, seeds),
+        **text,
         width=width,
         height=height,
         num_inference_steps=head.steps,
-        guidance_scale=head.guidance,
         num_images_per_prompt=1,
         generator=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
-        clip_skip=head.clip_skip,
         callback_on_step_end=callback,
         **kwargs,
     )

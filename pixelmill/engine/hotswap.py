@@ -18,10 +18,18 @@ cannot hot-swap text encoders anyway). A LoRA is read from disk once, through th
 ``load_lora_weights`` path (so every format diffusers reads works and scales exactly as
 without compile); its UNet part is then copied to CPU memory and removed from the UNet.
 
+Sized from the LoRAs actually seen, not from the limits: the slots cover the UNet layers
+of the LoRAs seen so far, at the highest rank seen (rounded up to a power of two, at least
+8, at most ``lora_max_rank``), and there are as many as the most LoRAs one request combined
+(doubling, at most :data:`SLOT_COUNT`). Growing any of the three rebuilds the slots (one recompile each time);
+after that, switching LoRAs and weights never recompiles.
+
+A batch without LoRAs switches the slot layers off (peft's ``disable_adapters``), so it runs
+the UNet's plain layers at the no-LoRA speed; under compile the first such batch after a
+LoRA compiles that variant once (dynamo keeps both graphs), later ones switch for free.
+
 Limits: a LoRA of a rank above ``lora_max_rank`` is refused, as are DoRA, LoRA biases and
-layers other than Linear/Conv2d. The slots cover the UNet layers of the LoRAs seen so far;
-the first LoRA builds them and a later one that targets further layers widens them, and
-both cost one recompile. After that, switching LoRAs and weights never recompiles.
+layers other than Linear/Conv2d.
 """
 
 from __future__ import annotations
@@ -55,54 +63,97 @@ class UnetLora:
 
     layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
 
+    @property
+    def rank(self) -> int:
+        """The highest rank among its layers (0 without layers)."""
+        return max((a.shape[0] for a, _, _ in self.layers.values()), default=0)
+
+
+MIN_SLOT_RANK = 8
+"""Smallest slot rank: below it the saving is nil and every step would be a rebuild."""
+
+
+def slot_rank(rank: int, limit: int) -> int:
+    """The slot rank serving a LoRA of ``rank``: the next power of two, at least
+    :data:`MIN_SLOT_RANK` (few distinct ranks, so few rebuilds), at most ``limit``
+    (``lora_max_rank``)."""
+    return min(limit, max(MIN_SLOT_RANK, 1 << max(0, rank - 1).bit_length()))
+
+
+def slot_count(needed: int, current: int) -> int:
+    """Slots after a request needs ``needed``: at least double (few rebuilds), at most
+    :data:`SLOT_COUNT`."""
+    return min(SLOT_COUNT, max(needed, 2 * current, 1))
+
 
 class UnetSlots:
-    """The :data:`SLOT_COUNT` fixed adapter slots of one compiled UNet."""
+    """The fixed adapter slots of one compiled UNet (at most :data:`SLOT_COUNT`)."""
 
     def __init__(self, unet: Any, rank: int):
         self._unet = unet
         self.rank = rank
-        self.names = [f"{SLOT_PREFIX}{i}" for i in range(SLOT_COUNT)]
-        self._active = list(self.names)  # the one list object every slot layer holds
+        """The highest rank a slot may have (``lora_max_rank``)."""
+        self.slot_rank = 0
+        """The rank the slots have now: the highest seen, see :func:`slot_rank`."""
+        self.names: list[str] = []
+        self._active: list[str] = []  # the one list object every slot layer holds
         self.targets: frozenset[str] = frozenset()
         self._modules: dict[str, Any] = {}
-        self._content: list[UnetLora | None] = [None] * SLOT_COUNT  # what each slot's tensors hold
-        self._scale: list[tuple[int, float]] = [(0, 0.0)] * SLOT_COUNT  # (id(content), weight) applied
-        self._used = [0] * SLOT_COUNT  # last request serial per slot, for LRU reuse
+        self._content: list[UnetLora | None] = []  # what each slot's tensors hold
+        self._scale: list[tuple[int, float]] = []  # (id(content), weight) applied
+        self._used: list[int] = []  # last request serial per slot, for LRU reuse
         self._serial = 0
+        self.enabled = False
+        """Whether the slot layers run (False: the UNet's plain layers, the no-LoRA speed)."""
         # diffusers would pad and convert only the first adapter loaded after
         # enable_lora_hotswap, and refuses to once the UNet is compiled; the slots are
         # prepared here instead, all at once, and staging loads must stay ordinary loads.
         if getattr(unet, "_prepare_lora_hotswap_kwargs", None) is not None:
             unet._prepare_lora_hotswap_kwargs = None
 
+    @property
+    def count(self) -> int:
+        """How many slots there are now (the most LoRAs one request combined so far)."""
+        return len(self.names)
+
     def cover(self, lora: UnetLora) -> None:
-        """Make the slots reach every layer ``lora`` touches (rebuilding them: a recompile)."""
+        """Make the slots reach every layer ``lora`` touches, at its rank (rebuilding them,
+        a recompile, when either grows)."""
         wanted = self.targets | set(lora.layers)
-        if wanted == self.targets:
+        rank = max(self.slot_rank, slot_rank(lora.rank, self.rank))
+        if wanted == self.targets and rank == self.slot_rank:
             return
+        if self.targets:
+            log.warning("LoRA hot-swap slots grow to %d layers at rank %d: the UNet recompiles once",
+                        len(wanted), rank)
+        self._build(wanted, rank, max(1, self.count))
+
+    def _build(self, targets: set[str] | frozenset[str], rank: int, count: int) -> None:
+        """(Re)create ``count`` slots of ``rank`` over ``targets``, all empty."""
         from peft import LoraConfig
         from peft.utils.hotswap import prepare_model_for_compiled_hotswap
 
-        if self.targets:
-            log.warning("LoRA hot-swap slots widened to %d layers: the UNet recompiles once", len(wanted))
-        config = dict(r=self.rank, lora_alpha=self.rank, lora_dropout=0.0, target_modules=sorted(wanted))
+        config = dict(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=sorted(targets))
+        names = [f"{SLOT_PREFIX}{i}" for i in range(count)]
         # Creating layers draws from the global RNG; keep generations independent of it.
         with torch.random.fork_rng(devices=[]), _quiet(), torch.no_grad():
-            if self.targets:
+            if self.names:
                 self._unet.delete_adapters(self.names)
-            for name in self.names:
+            for name in names:
                 self._unet.add_adapter(LoraConfig(**config), adapter_name=name)
-            self._unet.set_adapters(self.names, [1.0] * SLOT_COUNT)  # all active, for good
-            prepare_model_for_compiled_hotswap(self._unet, target_rank=self.rank,
+            self._unet.set_adapters(names, [1.0] * count)  # all active, for good
+            prepare_model_for_compiled_hotswap(self._unet, target_rank=rank,
                                                config=self._unet.peft_config, check_compiled="ignore")
-        self.targets = frozenset(wanted)
-        self._modules = {name: self._unet.get_submodule(name) for name in sorted(wanted)}
+        self.names, self._active = names, list(names)
+        self.targets, self.slot_rank = frozenset(targets), rank
+        self._modules = {name: self._unet.get_submodule(name) for name in sorted(targets)}
+        self.enabled = True  # add_adapter left the new layers on
         self.reactivate()
-        self._content = [None] * SLOT_COUNT
-        self._scale = [(-1, 0.0)] * SLOT_COUNT
-        self._set_scale(range(SLOT_COUNT), [None] * SLOT_COUNT, [0.0] * SLOT_COUNT)
-        for slot in range(SLOT_COUNT):
+        self._content = [None] * count
+        self._scale = [(-1, 0.0)] * count
+        self._used = [0] * count
+        self._set_scale(range(count), [None] * count, [0.0] * count)
+        for slot in range(count):
             self._fill(slot, None)
 
     def take(self, adapter: str) -> UnetLora:
@@ -145,8 +196,15 @@ class UnetSlots:
         self.reactivate()  # a failed load or an eviction since the last call may have changed it
         if not self.targets:
             return  # no slots yet: nothing to switch off
+        self._switch(bool(loras))
+        if not loras:
+            return  # the plain layers run; what the slots hold stays for the next LoRA batch
+        if len(loras) > self.count:
+            count = slot_count(len(loras), self.count)
+            log.warning("LoRA hot-swap slots grow to %d: the UNet recompiles once", count)
+            self._build(self.targets, self.slot_rank, count)
         self._serial += 1
-        plan: list[tuple[UnetLora, float] | None] = [None] * SLOT_COUNT
+        plan: list[tuple[UnetLora, float] | None] = [None] * self.count
         missing = []
         for lora, weight in loras:
             # A LoRA already in a slot stays there: switching back costs no copy.
@@ -155,7 +213,7 @@ class UnetSlots:
                 missing.append((lora, weight))
             else:
                 plan[slot] = (lora, weight)
-        free = sorted((i for i in range(SLOT_COUNT) if plan[i] is None),
+        free = sorted((i for i in range(self.count) if plan[i] is None),
                       key=lambda i: (self._content[i] is not None, self._used[i]))
         for (lora, weight), slot in zip(missing, free):
             self._fill(slot, lora)
@@ -163,8 +221,17 @@ class UnetSlots:
         for slot, entry in enumerate(plan):
             if entry is not None:
                 self._used[slot] = self._serial
-        self._set_scale(range(SLOT_COUNT), [e[0] if e else None for e in plan],
+        self._set_scale(range(self.count), [e[0] if e else None for e in plan],
                         [e[1] if e else 0.0 for e in plan])
+
+    def _switch(self, on: bool) -> None:
+        """Run the slot layers (``on``) or only the UNet's own layers: a no-LoRA batch pays
+        nothing for the slots. One bool per layer, guarded by dynamo: two cached graphs."""
+        if on == self.enabled:
+            return
+        for module in self._modules.values():
+            module._disable_adapters = not on  # peft's flag, without its requires_grad pass
+        self.enabled = on
 
     def reactivate(self) -> None:
         """Make the slots the active adapters again (after any adapter was loaded or deleted)."""

@@ -1,4 +1,13 @@
-"""Load SDXL base pipelines from a diffusers folder, a single safetensors file or the hub.
+"""Load base pipelines (SDXL, FLUX.1, SD 3.5) from a diffusers folder, a single safetensors
+file or the hub.
+
+The family is read from the files (:mod:`pixelmill.registry.families`): a folder's
+``model_index.json``, a file's safetensors header, a hub repo's ``model_index.json``.
+FLUX.1 and SD3.5 single files are the transformer alone (Black Forest Labs' and Stability's
+release format); the rest of the pipeline (text encoders, VAE, scheduler, tokenizers) comes
+from a diffusers folder ``<name>.base/`` next to the file, else from the local Hugging Face
+cache of the variant's official repo (:data:`FAMILY_BASE_REPOS`), else (unless
+``HF_HUB_OFFLINE``) from a download of it. T5 options: :mod:`pixelmill.engine.families`.
 
 Only safetensors are ever read: pickle-based formats (``.ckpt``, ``.pt``, ``.bin``,
 ``.pth``, ``.pkl``) can run arbitrary code when opened and are refused by name,
@@ -9,6 +18,7 @@ before any file is touched. Every loader returns the pipeline already passed thr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,11 +26,21 @@ from typing import Any
 
 from pixelmill.engine.device import DeviceConfig, prepare_pipeline
 from pixelmill.core.errors import ModelUnavailable, PixelmillError
+from pixelmill.core.families import FLUX, SD3, SDXL, ModelFamily
+from pixelmill.engine.families import (TextEncoderOptions, apply_text_encoder_dtype, pipeline_class,
+                                       quantized_text_encoder)
+from pixelmill.registry.families import detect_file, detect_folder, detect_hub_cache, family_of_class
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".bin", ".pth", ".pkl", ".pickle"})
 SDXL_BASE_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
+BASE_SUFFIX = ".base"
+FAMILY_BASE_REPOS = {
+    (FLUX, "dev"): "black-forest-labs/FLUX.1-dev", (FLUX, "schnell"): "black-forest-labs/FLUX.1-schnell",
+    (SD3, "large"): "stabilityai/stable-diffusion-3.5-large", (SD3, "medium"): "stabilityai/stable-diffusion-3.5-medium",
+}
+"""Where a FLUX/SD3 transformer-only file's other components come from, without ``<name>.base/``."""
 TOKENIZERS_SUFFIX = ".tokenizers"
 """A single-file checkpoint ``name.safetensors`` may bring its tokenizers in a sibling
 folder ``name.tokenizers/`` holding ``tokenizer/`` and ``tokenizer_2/`` (copy them from
@@ -46,22 +66,56 @@ def refuse_pickle(path: Path) -> None:
         raise ModelUnavailable(f"{Path(path).name}: only .safetensors checkpoints are supported")
 
 
-def load_folder(path: Path, cfg: DeviceConfig) -> Any:
-    """Load a diffusers-format SDXL folder (one with ``model_index.json``)."""
-    from diffusers import StableDiffusionXLPipeline
-
+def load_folder(path: Path, cfg: DeviceConfig, options: TextEncoderOptions | None = None) -> Any:
+    """Load a diffusers-format folder (one with ``model_index.json``) of any served family."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise ModelUnavailable(f"{path.name}: not a diffusers model folder (no model_index.json)")
+    family = detect_folder(path)
+    return _from_pretrained(str(path), family.family if family else SDXL, cfg, options or TextEncoderOptions(),
+                            name=path.name, local_files_only=True)
+
+
+def _from_pretrained(location: str, family: str, cfg: DeviceConfig, options: TextEncoderOptions, *, name: str,
+                     local_files_only: bool, **extra: Any) -> Any:
+    """``from_pretrained`` of ``family``'s txt2img pipeline, T5 options applied, then prepared."""
+    kwargs: dict[str, Any] = dict(dtype=cfg.dtype, use_safetensors=True, local_files_only=local_files_only, **extra)
+    if family == SDXL:
+        kwargs["add_watermarker"] = False
+    with _as_unavailable(name):
+        kwargs |= quantized_text_encoder(family, location, cfg, options, local_files_only=local_files_only)
+        pipe = pipeline_class(family).from_pretrained(location, **kwargs)
+        pipe = prepare_pipeline(pipe, cfg)
+        apply_text_encoder_dtype(pipe, family, cfg, options)
+        return pipe
+
+
+def load_transformer_file(path: Path, family: ModelFamily, cfg: DeviceConfig, options: TextEncoderOptions) -> Any:
+    """A FLUX.1/SD3.5 single file: its transformer, the other components from a base (see module doc)."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    base_dir = path.parent / (path.stem + BASE_SUFFIX)
+    local_only = True
+    if (base_dir / "model_index.json").is_file():
+        base = str(base_dir)
+    else:
+        base = FAMILY_BASE_REPOS.get((family.family, family.variant or "large"))
+        if base is None:
+            raise ModelUnavailable(f"{path.name}: no base for {family.label}; put a diffusers folder of the "
+                                   f"same model in {base_dir.name}/")
+        local_only = _offline() or detect_hub_cache(base) is not None
+    model_cls = FluxTransformer2DModel if family.family == FLUX else SD3Transformer2DModel
     with _as_unavailable(path.name):
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            path, dtype=cfg.dtype, use_safetensors=True, local_files_only=True,
-            add_watermarker=False)
-        return prepare_pipeline(pipe, cfg)
+        transformer = model_cls.from_single_file(str(path), config=base, subfolder="transformer",
+                                                 torch_dtype=cfg.dtype, local_files_only=local_only)
+    return _from_pretrained(base, family.family, cfg, options, name=path.name, local_files_only=local_only,
+                            transformer=transformer)
 
 
-def load_single_file(path: Path, cfg: DeviceConfig, config_dir: Path | None = None) -> Any:
-    """Load a single-file (original SGM/LDM layout) SDXL ``.safetensors`` checkpoint.
+def load_single_file(path: Path, cfg: DeviceConfig, config_dir: Path | None = None,
+                     options: TextEncoderOptions | None = None) -> Any:
+    """Load a single-file ``.safetensors`` checkpoint: FLUX.1/SD3.5 transformer files go to
+    :func:`load_transformer_file`; SDXL ones (original SGM/LDM layout) load as below.
 
     The architecture comes from ``config_dir`` (a diffusers-format folder), by default
     the SDXL base 1.0 configs shipped with pixelmill, so no network is needed for it.
@@ -79,6 +133,9 @@ def load_single_file(path: Path, cfg: DeviceConfig, config_dir: Path | None = No
     refuse_pickle(path)
     if not path.is_file():
         raise ModelUnavailable(f"{path.name}: checkpoint file not found")
+    family = detect_file(path)
+    if family is not None and family.family != SDXL:
+        return load_transformer_file(path, family, cfg, options or TextEncoderOptions())
     config_dir = Path(config_dir) if config_dir is not None else sdxl_config_dir()
     tokenizer, tokenizer_2 = resolve_tokenizers(path, config_dir)
     with _as_unavailable(path.name):
@@ -88,13 +145,32 @@ def load_single_file(path: Path, cfg: DeviceConfig, config_dir: Path | None = No
         return prepare_pipeline(pipe, cfg)
 
 
-def load_hub(repo_id: str, cfg: DeviceConfig, *, local_files_only: bool) -> Any:
-    """Load an SDXL pipeline by hub id through the usual Hugging Face cache.
+def hub_family(repo_id: str, *, local_files_only: bool) -> str:
+    """The family of a hub repo from its ``model_index.json`` (cache, else downloaded)."""
+    family = detect_hub_cache(repo_id)
+    if family is None and not local_files_only:
+        from huggingface_hub import hf_hub_download
 
-    On half-precision devices the ``fp16`` weight variant is tried first (half the
+        with _as_unavailable(repo_id):
+            index = json.loads(Path(hf_hub_download(repo_id, "model_index.json")).read_text("utf-8"))
+        return family_of_class(str(index.get("_class_name", ""))) or SDXL
+    return family.family if family else SDXL
+
+
+def load_hub(repo_id: str, cfg: DeviceConfig, *, local_files_only: bool,
+             options: TextEncoderOptions | None = None) -> Any:
+    """Load a pipeline by hub id through the usual Hugging Face cache.
+
+    SDXL: on half-precision devices the ``fp16`` weight variant is tried first (half the
     download and disk), falling back to the default weights when a repo has none.
+    FLUX.1/SD3.5 repos publish one set of weights (bf16), loaded as they are.
     """
     from diffusers import StableDiffusionXLPipeline
+
+    family = hub_family(repo_id, local_files_only=local_files_only)
+    if family != SDXL:
+        return _from_pretrained(repo_id, family, cfg, options or TextEncoderOptions(), name=repo_id,
+                                local_files_only=local_files_only)
 
     kwargs = dict(dtype=cfg.dtype, use_safetensors=True,
                   local_files_only=local_files_only, add_watermarker=False)

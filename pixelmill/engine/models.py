@@ -74,13 +74,14 @@ def check_base_source(source: ModelSource, *, param: str = "model") -> ModelSour
     return source
 
 
-def load_source(source: ModelSource, device, *, local_files_only: bool):
-    """Load ``source`` onto ``device`` and return the base SDXL pipeline."""
+def load_source(source: ModelSource, device, *, local_files_only: bool, options=None):
+    """Load ``source`` onto ``device`` and return its base (txt2img) pipeline, of whichever
+    family its files are; ``options``: the T5 settings (``engine.families.TextEncoderOptions``)."""
     from pixelmill.engine import loader  # diffusers is heavy: import on first load only
 
     log.info("loading model %s (%s: %s)", source.name, source.kind, source.location)
     if source.kind == "folder":
-        return loader.load_folder(Path(source.location), device)
+        return loader.load_folder(Path(source.location), device, options)
     if source.kind == "single_file":
-        return loader.load_single_file(Path(source.location), device)
-    return loader.load_hub(source.location, device, local_files_only=local_files_only)
+        return loader.load_single_file(Path(source.location), device, options=options)
+    return loader.load_hub(source.location, device, local_files_only=local_files_only, options=options)

@@ -1,6 +1,7 @@
 """One loaded base model and the task pipelines derived from it, sharing its weights.
 
-:class:`PipelineSet` owns a base ``StableDiffusionXLPipeline`` and builds the img2img,
+:class:`PipelineSet` owns a base pipeline (``StableDiffusionXLPipeline``, ``FluxPipeline`` or
+``StableDiffusion3Pipeline``: its :attr:`~PipelineSet.family`) and builds the img2img,
 inpaint and ControlNet pipelines from it with ``from_pipe``, which reuses the very same
 UNet, VAE, text encoders and tokenizers (no copy, no extra memory beyond small Python
 objects). Derived pipelines are created lazily, once, and cached.
@@ -22,13 +23,10 @@ from pixelmill.core.errors import GenerationFailed
 log = logging.getLogger(__name__)
 
 
-def _pipeline_classes() -> dict[Mode, Any]:
-    from diffusers import (StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline,
-                           StableDiffusionXLPipeline)
+def _pipeline_classes(family: str = "sdxl") -> dict[Mode, Any]:
+    from pixelmill.engine.families import pipeline_class
 
-    return {Mode.txt2img: StableDiffusionXLPipeline,
-            Mode.img2img: StableDiffusionXLImg2ImgPipeline,
-            Mode.inpaint: StableDiffusionXLInpaintPipeline}
+    return {mode: pipeline_class(family, mode) for mode in (Mode.txt2img, Mode.img2img, Mode.inpaint)}
 
 
 def _controlnet_classes() -> dict[Mode, Any]:
@@ -57,6 +55,9 @@ class PipelineSet:
         self._control: dict[Mode, tuple[Any, Any]] = {}  # mode -> (controlnet, pipeline)
         self._create_lock = threading.Lock()
         self._offload_owner: Any = base
+        from pixelmill.engine.families import family_of_pipeline
+
+        self.family = family_of_pipeline(base)  # core.families.ModelFamily, from class and config
         # Captured now: per-request scheduler swaps must never change the model default.
         self._scheduler_config = dict(base.scheduler.config)
 
@@ -80,10 +81,9 @@ class PipelineSet:
     @property
     def native_size(self) -> tuple[int, int]:
         """``(width, height)`` the model was trained at: UNet sample size x VAE scale."""
-        sample = self.base.unet.config.sample_size
-        height, width = (sample, sample) if isinstance(sample, int) else tuple(sample)
-        scale = self.base.vae_scale_factor
-        return width * scale, height * scale
+        from pixelmill.engine.families import native_size
+
+        return native_size(self.base, self.family.family)
 
     def get(self, mode: Mode) -> Any:
         """The pipeline for ``mode`` (created from the base on first use)."""
@@ -93,7 +93,11 @@ class PipelineSet:
             if pipe is None:
                 # from_pipe casts the new pipeline -- i.e. the *shared* weights -- to its
                 # dtype argument, which defaults to float32; always pass ours.
-                pipe = _pipeline_classes()[mode].from_pipe(self.base, dtype=self.cfg.dtype)
+                # ... and it casts every module: a T5 kept in bf16 (or quantized) gets its dtype back.
+                dtypes = _module_dtypes(self.base)
+                pipe = _pipeline_classes(self.family.family)[mode].from_pipe(self.base, dtype=self.cfg.dtype)
+                if self.family.family != "sdxl":  # SDXL's VAE dtype is engine/vae.py's business
+                    _restore_dtypes(self.base, dtypes)
                 self._pipes[mode] = pipe
                 log.info("model %s: created %s pipeline", self.name, mode.value)
         return self._placed(pipe)
@@ -146,6 +150,18 @@ class PipelineSet:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _module_dtypes(pipe: Any) -> dict[str, torch.dtype]:
+    return {name: module.dtype for name, module in pipe.components.items()
+            if isinstance(module, torch.nn.Module) and hasattr(module, "dtype")}
+
+
+def _restore_dtypes(pipe: Any, dtypes: dict[str, torch.dtype]) -> None:
+    for name, dtype in dtypes.items():
+        module = pipe.components.get(name)
+        if module is not None and module.dtype != dtype and not getattr(module, "is_quantized", False):
+            module.to(dtype=dtype)
 
 
 def _move(module: torch.nn.Module, cfg: DeviceConfig) -> None:

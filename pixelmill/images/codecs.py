@@ -310,6 +310,7 @@ def encode_image(
     *,
     quality: int | None = None,
     parameters: str | None = None,
+    png_level: int | None = None,
 ) -> bytes:
     """Encode an output image, embedding ``parameters`` the way A1111 does.
 
@@ -318,7 +319,9 @@ def encode_image(
     EXIF block's (big-endian) byte order. JPEG is RGB (alpha flattened onto white);
     a JPEG whose EXIF would exceed the 64 KB APP1 limit is written without parameters
     rather than failing. ``quality`` (default 90) is clamped to 1..100; the API layer
-    is responsible for refusing out-of-range values.
+    is responsible for refusing out-of-range values. ``png_level`` is the zlib level of a
+    PNG (0..9; None: Pillow's 6). Level 1 is several times faster for a few percent more
+    bytes (the server's ``--png-compress-level``; numbers in bench/RESULTS.md).
     """
     fmt = OutputFormat(fmt)
     # A fresh image so no info (EXIF, ICC, text) of the source leaks into the output.
@@ -326,7 +329,7 @@ def encode_image(
     q = DEFAULT_QUALITY if quality is None else max(1, min(100, int(quality)))
     buf = io.BytesIO()
     if fmt is OutputFormat.png:
-        _save_png(clean, buf, parameters)
+        _save_png(clean, buf, parameters, png_level)
     elif fmt is OutputFormat.jpeg:
         _save_with_exif(_flatten_white(clean), buf, "JPEG", q, parameters)
     else:
@@ -336,7 +339,7 @@ def encode_image(
     return buf.getvalue()
 
 
-def _save_png(img: Image.Image, buf: io.BytesIO, parameters: str | None) -> None:
+def _save_png(img: Image.Image, buf: io.BytesIO, parameters: str | None, level: int | None = None) -> None:
     info = PngInfo()
     if parameters is not None:
         try:
@@ -344,7 +347,8 @@ def _save_png(img: Image.Image, buf: io.BytesIO, parameters: str | None) -> None
             info.add_text(PARAMETERS_KEY, parameters)
         except UnicodeEncodeError:
             info.add_itxt(PARAMETERS_KEY, parameters)
-    img.save(buf, format="PNG", pnginfo=info)
+    options = {} if level is None else {"compress_level": max(0, min(9, int(level)))}
+    img.save(buf, format="PNG", pnginfo=info, **options)
 
 
 def _save_with_exif(

@@ -30,12 +30,12 @@ from pixelmill.core.errors import InvalidRequest, ModelUnavailable
 from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelEntry, ModelKind
 from pixelmill.registry.sgm_names import UnetLayout, block_pairs, to_sgm, from_sgm, open_clip_to_hf
 
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "transformer")  # transformer: FLUX.1 / SD3.5
 MAX_HEADER_BYTES = 100 << 20
 """A safetensors header larger than this is refused (real SDXL checkpoints: < 1 MB)."""
 
 _KOHYA_COMPONENTS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
-_PART = r"^(unet|text_encoder|text_encoder_2)\.(.+)"
+_PART = r"^(unet|text_encoder|text_encoder_2|transformer)\.(.+)"
 _KEY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("peft", re.compile(_PART + r"\.lora_(A|B)\.weight$")),
     ("diffusers", re.compile(_PART + r"\.(?:lora|lora_linear_layer)\.(down|up)\.weight$")),
@@ -170,7 +170,7 @@ def _parse_key(key: str) -> tuple[str, str, str, str]:
 
 def _strip_text_model(component: str, module: str) -> str:
     # CLIP weights are saved with or without the "text_model." wrapper; compare without.
-    if component != "unet":
+    if component not in ("unet", "transformer"):
         module = module.removeprefix("text_model.").removeprefix("text_model_")
     return module
 
@@ -234,6 +234,7 @@ _FOLDER_FILES = {
     "unet": "unet/diffusion_pytorch_model.safetensors",
     "text_encoder": "text_encoder/model.safetensors",
     "text_encoder_2": "text_encoder_2/model.safetensors",
+    "transformer": "transformer/diffusion_pytorch_model.safetensors",  # FLUX.1 / SD3.5 (diffusers format)
 }
 
 

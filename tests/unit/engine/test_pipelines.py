@@ -226,11 +226,14 @@ def test_nan_guard():
 
 def test_compile_uses_in_place_module_compile(pipes, monkeypatch):
     calls = []
-    monkeypatch.setattr(type(pipes.base.unet), "compile", lambda self, **kw: calls.append(kw),
-                        raising=False)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((type(self).__name__, kw)))
     prepare_pipeline(pipes.base, select_device("cpu", compile=True))
-    assert calls == [{"mode": device.COMPILE_MODE, "fullgraph": False}]
+    # Static shapes (buckets warmed at start), the UNet and the VAE decoder alike.
+    assert calls == [("UNet2DConditionModel", {"mode": device.COMPILE_MODE, "fullgraph": False, "dynamic": False}),
+                     ("Decoder", {"mode": device.COMPILE_MODE, "fullgraph": False, "dynamic": False})]
 
 
 def test_warmup_runs_a_tiny_generation(pipes):
-    device.warmup(pipes.base, 64, 64)
+    from pixelmill.engine.compile import warm_up
+
+    assert len(warm_up(pipes.base, ((1, 64, 64),))) == 1
