@@ -59,7 +59,7 @@ OPERATIONS = [result.ok() for result in schema.get_all_operations()]
 @pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
 def test_api_conforms_to_its_schema(operation):
     @given(case=operation.as_strategy())
-    @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
               database=None)
     def conforms(case):
         check_case(case)
