@@ -14,7 +14,6 @@ Framework-free: no settings class, no image library (a PNG's size is in its head
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 from pixelmill.core.errors import InvalidRequest
 from pixelmill.core.families import ModelFamily, check_family
 from pixelmill.core.profiles import ModelProfile, ProfileTable
+from pixelmill.core.sizes import Limits, check_size, fit_size, png_size, request_size  # noqa: F401 - re-exported
 from pixelmill.core.prompt_syntax import check_emphasis, extract_lora_tags
 from pixelmill.core.samplers import canonical_scheduler
 from pixelmill.core.types import GenerationRequest, LoraSpec, Mode, RefinerSpec, ResolvedRequest
@@ -33,22 +33,6 @@ LORA_WEIGHT_RANGE = (-2.0, 2.0)
 CONTROL_SCALE_RANGE = (0.0, 2.0)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 """A model, LoRA or ControlNet name: a plain identifier, never a path."""
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for (built by ``Settings.policy()``)."""
-
-    min_side: int
-    max_side: int
-    max_pixels: int
-    max_steps: int
-    max_n: int
-    max_guidance: float
-    max_prompt_chars: int
-
-
 @dataclass(frozen=True)
 class Defaults:
     """Values of the fields a request leaves unset, and the server's default refiner."""
@@ -118,47 +102,6 @@ def check_name(name: str, *, param: str) -> str:
     return name
 
 
-def check_size(width: int, height: int, limits: Limits) -> None:
-    """Width and height within bounds, multiples of 8, and not too many pixels in all."""
-    for param, side in (("width", width), ("height", height)):
-        if not limits.min_side <= side <= limits.max_side or side % 8:
-            raise InvalidRequest(
-                f"{param} must be a multiple of 8 between {limits.min_side} and {limits.max_side}, "
-                f"got {side}", param=param)
-    if width * height > limits.max_pixels:
-        raise InvalidRequest(
-            f"{width}x{height} is {width * height:,} pixels; the limit is {limits.max_pixels:,}",
-            param="width")
-
-
-def fit_size(width: int, height: int, limits: Limits) -> tuple[int, int]:
-    """The largest size with ``width:height``'s aspect that the limits allow (multiples of 8).
-
-    A request that takes its size from an uploaded image runs at this size: a 4000×3000
-    photo is generated at the largest allowed size of the same shape instead of refused.
-    """
-    scale = min(1.0, limits.max_side / max(width, height), (limits.max_pixels / (width * height)) ** 0.5)
-    fitted = []
-    for side in (width, height):
-        side = int(side * scale)
-        fitted.append(max(limits.min_side, side - side % 8))
-    return fitted[0], fitted[1]
-
-
-def png_size(data: bytes, *, param: str = "init_image") -> tuple[int, int]:
-    """Width and height from a PNG's IHDR header.
-
-    Request images are PNG bytes (each dialect re-encodes its uploads), so reading 24
-    bytes gives the size without decoding the image or importing an image library.
-    """
-    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-        raise InvalidRequest(f"{param} is not a PNG image", param=param)
-    width, height = struct.unpack(">II", data[16:24])
-    if not width or not height:
-        raise InvalidRequest(f"{param} has no pixels", param=param)
-    return width, height
-
-
 def normalize_request(request: GenerationRequest) -> GenerationRequest:
     """Move A1111 ``<lora:name:weight>`` tags out of the prompt into ``loras``.
 
@@ -189,7 +132,7 @@ def resolve(request: GenerationRequest, policy: Policy, catalog: Catalog | None 
     request = normalize_request(request)
     _check_text(request, policy.limits)
     _check_images(request)
-    width, height = _size(request, policy.limits)
+    width, height = request_size(request, policy.limits)
     defaults = policy.defaults
     model = _model(request.model, policy, catalog)
     family = policy.families(model) if policy.families is not None else None
@@ -285,21 +228,6 @@ def _refiner(request: GenerationRequest, defaults: Defaults, family: ModelFamily
     if request.refiner.switch_at is None:
         return request.refiner.model_copy(update={"switch_at": defaults.refiner_switch_at})
     return request.refiner
-
-
-def _size(request: GenerationRequest, limits: Limits) -> tuple[int | None, int | None]:
-    """The given size (checked); else the input image's, fitted; else None (txt2img: the
-    model's native size, which only a loaded model knows)."""
-    if request.width is not None or request.height is not None:
-        if request.width is None or request.height is None:
-            raise InvalidRequest("give both width and height, or neither", param="width")
-        check_size(request.width, request.height, limits)
-        return request.width, request.height
-    if request.init_image is None:
-        return None, None
-    width, height = fit_size(*png_size(request.init_image), limits)
-    check_size(width, height, limits)  # an extreme aspect can clamp a side past the pixel budget
-    return width, height
 
 
 def _number(value: float) -> str:
