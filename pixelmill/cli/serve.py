@@ -69,14 +69,15 @@ def _bind_error(exc: OSError, where: str, port: int) -> str:
 
 def explicit_model_failure(model: str, hub: bool, reason: str) -> str:
     """The one line ``serve`` ends with when ``--model`` could not be loaded."""
-    from pixelmill.engine.demo import load_failure_cause  # torch is loaded by now: the engine ran
+    from pixelmill.engine.load_errors import load_failure_cause
 
     if hub:  # the usual causes (not cached and offline, gated, no memory) said in words
         cause = load_failure_cause(reason)
         fix = f"download it while online (hf download {model}) or name a local checkpoint"
     else:  # a local file or folder: the loader's own message names what is wrong with it
         cause = f"could not be loaded ({' '.join(reason.split())[:400].rstrip(' .;:')})"
-        fix = "check that it is a complete SDXL checkpoint (a diffusers folder or one .safetensors file)"
+        fix = ("check that it is a complete SDXL, FLUX.1 or SD 3.5 checkpoint (a diffusers folder, or one "
+               ".safetensors file; a FLUX.1 or SD 3.5 transformer file needs its <name>.base folder)")
     return (f"--model / PIXELMILL_MODEL {model!r} {cause}: {fix}, "
             "or start without --model to serve the default model (the SDXL base when it is cached, "
             "else the random-weight demo model)")

@@ -122,7 +122,7 @@ class Engine:
             self._set_default(ModelSource(DEFAULT_HUB_MODEL, "hub", DEFAULT_HUB_MODEL))
             return
         except ModelUnavailable as exc:
-            from pixelmill.engine.demo import fallback_message
+            from pixelmill.engine.load_errors import fallback_message
 
             log.warning("%s", fallback_message(DEFAULT_HUB_MODEL, exc.message))
         self._set_default(self._demo_source())

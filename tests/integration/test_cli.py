@@ -127,7 +127,7 @@ def test_generate_without_a_key_says_how_to_give_one(keyed, tmp_path):
 
 
 def test_demo_fallback_message_says_what_happened_without_a_stack_trace():
-    from pixelmill.engine.demo import fallback_message
+    from pixelmill.engine.load_errors import fallback_message
 
     hub = ("cannot load model 'stabilityai/stable-diffusion-xl-base-1.0': OSError: Cannot load model "
            "stabilityai/stable-diffusion-xl-base-1.0: the model is not fully cached locally (Cannot find an "
