@@ -6,7 +6,7 @@ in its decode dtype, ``torch.compile`` with the inductor flags and static shapes
 decode of :mod:`pixelmill.engine.vae`, uint8 on the device) at 1024², 30 steps, guidance
 on, for batch 1 and 4, eager and compiled, fp16 and bf16, without and with a LoRA (rank 16
 on every attention projection, in pixelmill's hot-swap slots) and without a LoRA again
-after one (the slots switched off).
+after one (the slots switched off, QKV fused again).
 
 With ``--model`` it loads real weights; without, an SDXL UNet and VAE are built from the
 shipped SDXL config with random weights: the same shapes and the same FLOPs, so the same
@@ -192,6 +192,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], str]:
     """Every configuration of ``args``; the rows and the device's name."""
     import torch
 
+    from pixelmill.engine.adapters import QkvFusion
     from pixelmill.engine.device import select_device
     from pixelmill.engine.hotswap import UnetSlots
 
@@ -206,14 +207,13 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], str]:
             torch._dynamo.reset()
             unet, vae, scheduler = components(args.model, args.tiny, device, cfg.dtype)
             pipe = pipeline(unet, vae, scheduler, cfg)
-            slots = None
+            slots, fusion = None, QkvFusion(pipe)  # fused QKV (CUDA) off only while a LoRA runs
             for lora in args.lora:
                 if lora != "none" and slots is None:
-                    if getattr(pipe, "fusing_unet", False):
-                        pipe.unfuse_qkv_projections()  # as a LoRA load does (adapters.py)
                     slots = UnetSlots(pipe.unet, 128)
                     part = random_lora(pipe.unet, 16)
                     slots.cover(part)
+                fusion.use(lora == "none")  # as LoraCache.activate does (adapters.py)
                 if slots is not None:
                     slots.assign([(part, 1.0)] if lora != "none" else [])
                 for batch in args.batch:
@@ -239,6 +239,7 @@ def paired_lora(args: argparse.Namespace) -> list[str]:
 
     import torch
 
+    from pixelmill.engine.adapters import QkvFusion
     from pixelmill.engine.device import select_device
     from pixelmill.engine.hotswap import UnetSlots
 
@@ -248,8 +249,7 @@ def paired_lora(args: argparse.Namespace) -> list[str]:
     unet, vae, scheduler = components(args.model, args.tiny, device, cfg.dtype)
     plain = pipeline(copy.deepcopy(unet), vae, scheduler, cfg)
     slotted = pipeline(unet, vae, copy.deepcopy(scheduler), cfg)
-    if getattr(slotted, "fusing_unet", False):
-        slotted.unfuse_qkv_projections()  # as a LoRA load does (adapters.py)
+    fusion = QkvFusion(slotted)  # fused QKV (CUDA) off only while a LoRA runs, as in adapters.py
     slots = UnetSlots(slotted.unet, 128)
     part = random_lora(slotted.unet, 16)
     slots.cover(part)
@@ -259,6 +259,7 @@ def paired_lora(args: argparse.Namespace) -> list[str]:
     order = list(states)
     for pipe, loras in states.values():  # warm each path once
         if loras is not None:
+            fusion.use(not loras)
             slots.assign(loras)
         run(pipe, cfg, batch=1, width=args.size, height=args.size, steps=args.steps)
     for _ in range(args.paired_lora):
@@ -266,6 +267,7 @@ def paired_lora(args: argparse.Namespace) -> list[str]:
         for name in order:
             pipe, loras = states[name]
             if loras is not None:
+                fusion.use(not loras)
                 slots.assign(loras)
             times[name].append(run(pipe, cfg, batch=1, width=args.size, height=args.size, steps=args.steps))
     base = times["plain UNet (no LoRA ever)"]

@@ -15,6 +15,10 @@ is an error for that request, never silently skipped.
 With a compiled UNet (``hotswap_rank`` set) the UNet parts are not peft adapters of their
 own but are copied into fixed slots instead, so that switching never recompiles; see
 :mod:`pixelmill.engine.hotswap`. The text encoders work as described above.
+
+A UNet with fused QKV projections (CUDA) runs fused whenever no active LoRA touches it and
+unfused while one does (see :class:`QkvFusion`): the first LoRA does not slow the requests
+without LoRAs down for good.
 """
 
 from __future__ import annotations
@@ -120,6 +124,46 @@ def base_params_kept(pipe: Any) -> Iterator[None]:
                 param.requires_grad_(flag)
 
 
+class QkvFusion:
+    """Switches a UNet whose QKV projections were fused (``device._fuse_qkv``) between its
+    fused attention processors (no LoRA on the UNet) and its original ones (a LoRA active).
+
+    diffusers 0.42 fuses by adding ``to_qkv``/``to_kv`` linears, copies of the q/k/v weights,
+    next to the unchanged ``to_q``/``to_k``/``to_v``, and by swapping in ``FusedAttnProcessor2_0``,
+    which reads the copies (and ``to_q`` for cross-attention). peft wraps ``to_q``/``to_k``/``to_v``
+    only (its target names match whole names: ``to_qkv`` stays a plain linear), so a LoRA's
+    q/k/v parts run only under the original processors, and the fused copies stay exact because
+    adapters are never merged into the base weights. Switching sets processors only (the same
+    processor objects each time): no tensor is copied, and a compiled UNet finds the graph it
+    already has for each variant (tests/unit/engine/test_fused_qkv.py). ``unfuse_qkv_projections``
+    would also unfuse the VAE, which no LoRA touches, and ``fuse_qkv_projections`` would copy
+    the weights again (new tensors: CUDA graphs would be recorded again).
+    """
+
+    def __init__(self, pipe: Any):
+        self._unet = getattr(pipe, "unet", None)
+        current = getattr(self._unet, "attn_processors", None) or {}
+        original = getattr(self._unet, "original_attn_processors", None)
+        fused = bool(original) and any("Fused" in type(p).__name__ for p in current.values())
+        self._fused = dict(current) if fused else None
+        self._original = dict(original) if fused else None
+        self.fused = fused
+        """Whether the fused processors run now."""
+
+    @property
+    def available(self) -> bool:
+        """Whether this UNet was fused (else :meth:`use` does nothing)."""
+        return self._fused is not None
+
+    def use(self, fused: bool) -> None:
+        """Run the fused processors (``fused``) or the original ones."""
+        if self._fused is None or fused == self.fused:
+            return
+        # set_attn_processor pops from the dict it is given: hand it a copy.
+        self._unet.set_attn_processor(dict(self._fused if fused else self._original))
+        self.fused = fused
+
+
 class LoraCache:
     """LoRA adapters resident in one model, LRU by count and total file bytes."""
 
@@ -136,6 +180,7 @@ class LoraCache:
         self._enabled: bool | None = False  # peft layers live? None = mixed (after a load)
         self.loads = 0  # adapters read from disk, for tests and the benchmark
         self._slots = UnetSlots(pipe.unet, hotswap_rank) if hotswap_rank is not None else None
+        self._fusion = QkvFusion(pipe)
 
     @property
     def resident(self) -> list[str]:
@@ -154,8 +199,11 @@ class LoraCache:
             if spec.weight != 0:  # weight 0 is "off": skipping it is exact, not approximate
                 active.append((resident, spec.weight))
         if self._slots is not None:
+            self._fusion.use(not any(r.unet is not None and r.unet.layers for r, _ in active))
             self._activate_hotswap(active)
             return
+        unet_adapters = getattr(getattr(self._pipe, "unet", None), "peft_config", None) or {}
+        self._fusion.use(not any(resident.adapter in unet_adapters for resident, _ in active))
         adapters = [resident.adapter for resident, _ in active]
         weights = [weight for _, weight in active]
         # ``_enabled`` is None after a load: peft leaves layers that were disabled before
@@ -221,8 +269,8 @@ class LoraCache:
     def _load(self, path, name: str, *, param: str) -> str:
         self._serial += 1
         adapter = f"pm{self._serial}"  # peft keys modules by adapter name: no '.' or '-'
-        if getattr(self._pipe, "fusing_unet", False) or getattr(self._pipe, "fusing_transformer", False):
-            # Fused QKV (CUDA) has no separate q/k/v layers for the LoRA to attach to.
+        if getattr(self._pipe, "fusing_transformer", False):
+            # A fused transformer (not done by pixelmill) cannot be switched back: unfuse for good.
             self._pipe.unfuse_qkv_projections()
         with _watch_lora_warnings() as caught, _quiet_peft():
             try:
@@ -277,4 +325,5 @@ class LoraCache:
             for name in list(self._resident):
                 self._delete(name)
         self._enabled = False
+        self._fusion.use(True)
         gc.collect()

@@ -214,8 +214,9 @@ def prepare_pipeline(pipe: Any, cfg: DeviceConfig) -> Any:
 def _fuse_qkv(pipe: Any) -> None:
     """One matmul instead of three per attention block (CUDA: fewer, larger kernels).
 
-    Skipped where the installed diffusers does not offer it. Adapters (LoRA) must be
-    loaded on unfused projections: whoever loads one calls ``unfuse_qkv_projections``.
+    Skipped where the installed diffusers does not offer it. A LoRA's q/k/v parts run only
+    under the unfused processors: the adapter cache switches between the two per batch
+    (:class:`pixelmill.engine.adapters.QkvFusion`).
     """
     fuse = getattr(pipe, "fuse_qkv_projections", None)
     if fuse is None:

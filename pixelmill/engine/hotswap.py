@@ -24,9 +24,10 @@ of the LoRAs seen so far, at the highest rank seen (rounded up to a power of two
 (doubling, at most :data:`SLOT_COUNT`). Growing any of the three rebuilds the slots (one recompile each time);
 after that, switching LoRAs and weights never recompiles.
 
-A batch without LoRAs switches the slot layers off (peft's ``disable_adapters``), so it runs
-the UNet's plain layers at the no-LoRA speed; under compile the first such batch after a
-LoRA compiles that variant once (dynamo keeps both graphs), later ones switch for free.
+A batch without LoRAs switches the slot layers off (peft's ``disable_adapters``), and a UNet
+with fused QKV projections back to its fused processors (``adapters.QkvFusion``), so it runs
+at the no-LoRA speed; under compile the first such batch after a LoRA compiles that variant
+once (dynamo keeps both graphs), later ones switch for free.
 
 Limits: a LoRA of a rank above ``lora_max_rank`` is refused, as are DoRA, LoRA biases and
 layers other than Linear/Conv2d.

@@ -23,7 +23,7 @@ only. How each kind of failure ends a job:
   its code (``out_of_memory`` is retried within ``max_attempts``);
 * ``out_of_memory`` on a batch of several jobs: the batch is split in halves, each run on
   its own (split again while it runs out of memory), and the worker remembers the size
-  that failed as a lower cap for that batch key (see :meth:`Worker.batch_cap`);
+  that failed as a lower cap for that batch key (see :class:`~pixelmill.jobs.batches.BatchCaps`);
 * the backend raises anything else (it crashed mid-job): ``backend_error``, retried
   within ``max_attempts``;
 * the backend returns a blank (NaN) image: that job fails with ``invalid_output``;
@@ -39,16 +39,15 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 
-from pixelmill.core.backend import BackendState, CancelToken, GenerationBackend
+from pixelmill.core.backend import BackendState, GenerationBackend
 from pixelmill.core.batching import Arrivals, batch_key
 from pixelmill.core.errors import GenerationCanceled, GenerationFailed, ModelUnavailable, PixelmillError
-from pixelmill.core.types import JobRecord, JobResult, JobStatus, Progress
+from pixelmill.core.types import JobRecord, JobResult, JobStatus
+from pixelmill.jobs.batches import Batch, BatchCaps, Run
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
-from pixelmill.jobs.previews import PreviewBuffer
 from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.jobs.supervisor import Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, supervise
 from pixelmill.settings import Settings
@@ -85,42 +84,6 @@ async def reap_expired_jobs(store: JobStore, notifier: Notifier, events: JobEven
             events.completed(job)
 
 
-@dataclass
-class _Run:
-    """One job of a running batch: what its heartbeats learned."""
-
-    job: JobRecord
-    cancel_requested: bool = False
-    lease_lost: bool = False
-
-    @property
-    def active(self) -> bool:
-        return not (self.cancel_requested or self.lease_lost)
-
-
-@dataclass
-class _Batch:
-    """Jobs sharing one pipeline call, and what the heartbeat and the engine share."""
-
-    runs: list[_Run]
-    token: CancelToken = field(default_factory=CancelToken)
-    progress: tuple[int, int] | None = None
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    previews: PreviewBuffer = field(default_factory=PreviewBuffer)  # stored by the heartbeat
-
-    def on_progress(self, progress: Progress, runs: list[_Run] | None = None) -> None:
-        runs = self.runs if runs is None else runs  # previews are indexed by the call's requests
-        self.progress = (progress.step, progress.total)
-        for index, data in progress.previews.items():
-            if 0 <= index < len(runs):
-                self.previews.offer(runs[index].job.id, progress.step, data)
-        self.changed.set()
-
-    def progress_for(self, runs: list[_Run]):
-        """The progress callback of a call running ``runs`` (the whole batch, or a part of it)."""
-        return self.on_progress if runs is self.runs else lambda progress: self.on_progress(progress, runs)
-
-
 class Worker:
     """Claims jobs from the store and runs them on one backend, one batch at a time."""
 
@@ -143,10 +106,10 @@ class Worker:
         self.id = worker_id or settings.worker_id or default_worker_id()
         notifier.add_worker(self.id)  # its waiters here need not poll the store
         self._stop = asyncio.Event()
-        self._current: _Batch | None = None
+        self._current: Batch | None = None
         self._last_reap = 0.0
         self._arrivals = Arrivals(gap_s=settings.max_batch_wait_ms / 1000 * SEQUENTIAL_GAP_FACTOR)
-        self._caps: dict[object, int] = {}  # batch key → most jobs per batch (learned from OOM)
+        self.caps = BatchCaps(settings.max_batch_size)  # lowered per batch key by running out of memory
         self.health = WorkerHealth()
         # Capped at the lease: a degraded worker looks again at least as often as a lease runs out.
         self._backoff = Backoff(cap=max(1.0, settings.lease_s))
@@ -201,7 +164,7 @@ class Worker:
         """The oldest queued job plus compatible company, waiting briefly for more to arrive."""
         size, lease = self.settings.max_batch_size, self.settings.lease_s
         # With a learned cap the head's key decides the size: take the head alone first.
-        first = 1 if self._caps else size
+        first = 1 if self.caps.learned else size
         jobs = await asyncio.to_thread(self.store.claim, self.id, lease_s=lease, limit=first, batch_key=batch_key)
         if jobs and first < (size := self.batch_cap(jobs[0].request)):
             jobs += await asyncio.to_thread(
@@ -222,16 +185,8 @@ class Worker:
         return jobs
 
     def batch_cap(self, request) -> int:
-        """Most jobs in one batch of ``request``'s batch key: ``max_batch_size`` until a
-        batch of that key ran out of device memory, then half the size that failed."""
-        return min(self.settings.max_batch_size, self._caps.get(batch_key(request), self.settings.max_batch_size))
-
-    def _lower_cap(self, runs: list[_Run]) -> None:
-        key, size = batch_key(runs[0].job.request), max(1, len(runs) // 2)
-        if size < self._caps.get(key, self.settings.max_batch_size):
-            self._caps[key] = size
-            log.warning("jobs %s ran out of device memory together; batches of this shape are "
-                        "now capped at %d job(s)", [run.job.id for run in runs], size)
+        """Most jobs in one batch of ``request``'s batch key (see :class:`BatchCaps`)."""
+        return self.caps.cap(request)
 
     def _arrived(self, jobs: list[JobRecord]) -> None:
         self._arrivals.add([job.created_at.timestamp() for job in jobs])
@@ -281,7 +236,7 @@ class Worker:
 
     # ------------------------------------------------------------- one batch
     async def _execute(self, jobs: list[JobRecord]) -> None:
-        batch = _Batch([_Run(job) for job in jobs])
+        batch = Batch([Run(job) for job in jobs])
         self._current = batch
         self.events.batch_started(jobs)  # metrics, and the batch's job ids on this task's log lines
         for job in jobs:
@@ -302,7 +257,7 @@ class Worker:
         self._backoff.reset()  # a batch went through: the next fault starts the backoff over
         await self._announce(batch, finished)
 
-    async def _announce(self, batch: _Batch, finished: dict[str, JobRecord]) -> None:
+    async def _announce(self, batch: Batch, finished: dict[str, JobRecord]) -> None:
         for run in batch.runs:
             # Waiters here rely on this worker's announcements (see notify), including that
             # a job it lost has moved on: they look again and learn who holds it now.
@@ -313,7 +268,7 @@ class Worker:
             if final.status.terminal:
                 self.events.completed(final)
 
-    async def _give_back(self, batch: _Batch, reason: str) -> None:
+    async def _give_back(self, batch: Batch, reason: str) -> None:
         """Requeue a faulted batch's jobs (attempt counted; ``storage_error`` when none are left)."""
         log.error("jobs %s: %s; back to the queue", [run.job.id for run in batch.runs], reason)
         try:
@@ -325,7 +280,7 @@ class Worker:
         except Exception:  # the store is unreachable too: the leases run out and the reaper requeues
             log.exception("jobs %s: could not give the batch back", [run.job.id for run in batch.runs])
 
-    async def _generate(self, batch: _Batch, runs: list[_Run] | None = None) -> dict[str, JobRecord]:
+    async def _generate(self, batch: Batch, runs: list[Run] | None = None) -> dict[str, JobRecord]:
         """Run the batch (or the part ``runs`` of it) and store its outcome; returns the jobs
         it completed, as stored. A part that runs out of memory is run again in halves."""
         runs = batch.runs if runs is None else runs
@@ -339,11 +294,9 @@ class Worker:
             return {}
         except PixelmillError as exc:
             retry = isinstance(exc, GenerationFailed) and exc.code in RETRYABLE_CODES
-            if exc.code == "out_of_memory" and len(runs) > 1:
-                self._lower_cap(runs)  # each half completes (files stored) before the next runs
-                half = len(runs) // 2
-                first = await self._generate(batch, runs[:half])
-                return first | await self._generate(batch, runs[half:])
+            if exc.code == "out_of_memory" and (halves := self.caps.split(runs)):
+                first = await self._generate(batch, halves[0])  # its files are stored before the next runs
+                return first | await self._generate(batch, halves[1])
             await self._fail_all(runs, exc.code, exc.message, retry=retry)
             return {}
         except Exception as exc:  # the backend crashed mid-job: another attempt may fare better
@@ -362,14 +315,14 @@ class Worker:
                 done.append((run, result))
         return await self._complete(done)
 
-    async def _fail_all(self, runs: list[_Run], code: str, message: str, *, retry: bool) -> None:
+    async def _fail_all(self, runs: list[Run], code: str, message: str, *, retry: bool) -> None:
         log.warning("jobs %s failed (%s): %s", [r.job.id for r in runs], code, message)
         await asyncio.gather(*(
             self._guarded("fail", run, code=code, message=message, retry=retry)
             for run in runs if not run.lease_lost
         ))
 
-    async def _complete(self, done: list[tuple[_Run, JobResult]]) -> dict[str, JobRecord]:
+    async def _complete(self, done: list[tuple[Run, JobResult]]) -> dict[str, JobRecord]:
         """Store the images of a batch's finished jobs, then complete the jobs.
 
         Two writes for the whole batch (its files, then one transaction for its jobs),
@@ -395,7 +348,7 @@ class Worker:
                 run.lease_lost = True  # another attempt owns the job now
         return {job_id: job for job_id, job in stored.items() if job is not None}
 
-    async def _interrupted(self, run: _Run) -> None:
+    async def _interrupted(self, run: Run) -> None:
         if run.lease_lost:
             return  # another attempt owns the job now; write nothing
         if run.cancel_requested:
@@ -404,7 +357,7 @@ class Worker:
             log.info("job %s: released back to the queue (worker stopping)", run.job.id)
             await self._guarded("release", run)
 
-    async def _guarded(self, method: str, run: _Run, **kwargs) -> bool:
+    async def _guarded(self, method: str, run: Run, **kwargs) -> bool:
         """Call a (job, worker, attempt)-guarded store method; False when the attempt was stale."""
         job = run.job
         applied = await asyncio.to_thread(getattr(self.store, method), job.id, self.id, job.attempt, **kwargs)
@@ -412,7 +365,7 @@ class Worker:
             log.warning("job %s: attempt %d is stale; its %s was discarded", job.id, job.attempt, method)
         return applied
 
-    async def _heartbeat(self, batch: _Batch) -> None:
+    async def _heartbeat(self, batch: Batch) -> None:
         while True:
             try:
                 await asyncio.wait_for(batch.changed.wait(), self.settings.heartbeat_s)
@@ -424,7 +377,7 @@ class Worker:
                 batch.token.cancel()  # every job of the batch is canceled or lost: stop now
             await asyncio.sleep(self.settings.progress_interval_s)  # bounds store writes per job
 
-    async def _beat(self, batch: _Batch) -> None:
+    async def _beat(self, batch: Batch) -> None:
         """Renew the batch's leases and store its progress in one transaction, and learn
         which of its jobs were canceled or lost."""
         held, progress = [run for run in batch.runs if not run.lease_lost], batch.progress
