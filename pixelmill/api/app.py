@@ -38,7 +38,7 @@ from pixelmill.api.replicate import cog
 from pixelmill.api.replicate import router as replicate
 from pixelmill.cost.alerts import watch_crossover
 from pixelmill.auth.store import KeyStore
-from pixelmill.jobs.worker import reap_expired_jobs
+from pixelmill.jobs.reaping import reap_expired_jobs
 from pixelmill.services import Services
 from pixelmill.settings import Settings
 

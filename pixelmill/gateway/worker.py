@@ -28,7 +28,9 @@ from pixelmill.gateway.config import Backend
 from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import Completion, JobStore
-from pixelmill.jobs.worker import default_worker_id, reap_expired_jobs
+from pixelmill.jobs.notify import idle_until_work
+from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
+from pixelmill.jobs.worker import default_worker_id
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class UpstreamWorker:
         notifier.add_worker(self.id)
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._last_reap = 0.0
+        self._reap = ReapClock(settings)
         self.client = None
 
     @property
@@ -99,27 +101,18 @@ class UpstreamWorker:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 if not jobs:
-                    await self._idle()
+                    await idle_until_work(self.notifier, self._stop, self.settings.poll_interval_s)
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             await self.client.aclose()
             log.info("upstream worker %s: stopped", self.id)
 
-    async def _idle(self) -> None:
-        stop = asyncio.ensure_future(self._stop.wait())
-        work = asyncio.ensure_future(self.notifier.wait_work(self.settings.poll_interval_s))
-        await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        work.cancel()
-
     async def _reap_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_reap >= min(self.settings.heartbeat_s, self.settings.lease_s / 4):
-            self._last_reap = now
+        if self._reap.due():
             try:
                 await reap_expired_jobs(self.store, self.notifier, self.events)
-            except Exception:
+            except Exception:  # the store is down: the next interval tries again, never die
                 log.exception("upstream worker %s: reaping failed", self.id)
 
     def stop(self) -> None:

@@ -94,3 +94,12 @@ class Notifier:
         except TimeoutError:
             pass
         self._work.clear()
+
+
+async def idle_until_work(notifier: Notifier, stop: asyncio.Event, timeout: float) -> None:
+    """Wait for work queued in this process, ``stop``, or ``timeout`` seconds (whichever first)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    work = asyncio.ensure_future(notifier.wait_work(timeout))
+    await asyncio.wait({stopped, work}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    work.cancel()

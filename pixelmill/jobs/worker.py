@@ -46,7 +46,8 @@ from pixelmill.core.errors import GenerationCanceled, GenerationFailed, ModelUna
 from pixelmill.core.types import JobRecord, JobResult, JobStatus
 from pixelmill.jobs.batches import Batch, BatchCaps, Run
 from pixelmill.jobs.events import JobEvents
-from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.notify import Notifier, idle_until_work
+from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
 from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
 from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.jobs.supervisor import Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, supervise
@@ -69,19 +70,6 @@ PROBE_PNG = bytes.fromhex(
 def default_worker_id() -> str:
     """``host:pid``, unique enough to tell workers apart in job records."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-async def reap_expired_jobs(store: JobStore, notifier: Notifier, events: JobEvents) -> None:
-    """Requeue (or fail, at max attempts) jobs whose worker stopped renewing its lease.
-
-    Safe from every worker and API host at once; whoever reaps a job announces it.
-    """
-    for job_id in await asyncio.to_thread(store.reap_expired):
-        job = await asyncio.to_thread(store.get, job_id)
-        log.warning("job %s: lease expired; now %s (attempt %d)", job_id, job.status.value, job.attempt)
-        notifier.job_changed(job_id)
-        if job.status.terminal:
-            events.completed(job)
 
 
 class Worker:
@@ -107,7 +95,7 @@ class Worker:
         notifier.add_worker(self.id)  # its waiters here need not poll the store
         self._stop = asyncio.Event()
         self._current: Batch | None = None
-        self._last_reap = 0.0
+        self._reap = ReapClock(settings)
         self._arrivals = Arrivals(gap_s=settings.max_batch_wait_ms / 1000 * SEQUENTIAL_GAP_FACTOR)
         self.caps = BatchCaps(settings.max_batch_size)  # lowered per batch key by running out of memory
         self.health = WorkerHealth()
@@ -201,18 +189,11 @@ class Worker:
         return not self._stop.is_set()
 
     async def _idle(self) -> None:
-        stop = asyncio.ensure_future(self._stop.wait())
-        work = asyncio.ensure_future(self.notifier.wait_work(self.settings.poll_interval_s))
-        await asyncio.wait({stop, work}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        work.cancel()
+        await idle_until_work(self.notifier, self._stop, self.settings.poll_interval_s)
 
     async def _reap_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._last_reap < min(self.settings.heartbeat_s, self.settings.lease_s / 4):
-            return
-        self._last_reap = now
-        await reap_expired_jobs(self.store, self.notifier, self.events)
+        if self._reap.due():
+            await reap_expired_jobs(self.store, self.notifier, self.events)
 
     def stop(self) -> None:
         """Stop claiming; the running job finishes (see :meth:`abort`)."""
