@@ -47,7 +47,9 @@ class ModelFilePublic(BaseModel):
 class LoraPublic(ModelFilePublic):
     """A LoRA, with what its header says and the checkpoints it fits."""
 
-    format: Literal["peft", "diffusers", "kohya"] | None = Field(None, description="None: unreadable.")
+    format: Literal["peft", "diffusers", "kohya", "bfl"] | None = Field(None, description="None: unreadable.")
+    family: str | None = Field(None, description="sdxl, flux or sd3 as its tensor names say; None: unreadable "
+                                                 "or the names fit more than one (see compatible_with).")
     rank: int | None = Field(None, description="Largest rank of its down/up pairs.")
     targets: int = Field(0, description="How many modules it adapts.")
     components: list[str] = Field(default_factory=list, description="unet, text_encoder, text_encoder_2.")
@@ -67,7 +69,7 @@ class LoraPublic(ModelFilePublic):
             return public.model_copy(update={"valid": False,
                                              "error": getattr(exc, "message", "unreadable file")})
         return public.model_copy(update={
-            "format": info.format, "rank": info.rank, "targets": len(info.targets),
+            "format": info.format, "family": info.family, "rank": info.rank, "targets": len(info.targets),
             "components": list(info.components), "compatible_with": compatible_bases(entry.path, registry),
         })
 

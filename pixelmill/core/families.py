@@ -36,6 +36,8 @@ class ModelFamily:
     clip_skip: bool = True
     refiner: bool = False
     controlnet: bool = False
+    controlnet_modes: frozenset[Mode] = frozenset(Mode)
+    """Modes a ControlNet works with (diffusers' ControlNet pipelines of the family)."""
     img2img: bool = True
     inpaint: bool = True
     lora: bool = True
@@ -58,8 +60,8 @@ _BASE = {
     # FLUX.1 has no CFG branch (a negative prompt would need true_cfg, doubling the cost) and its
     # CLIP gives only the pooled vector, so clip_skip has no meaning; flow matching only.
     # "euler" is accepted and means the model's own flow-matching Euler (what A1111 clients send).
-    FLUX: ModelFamily(FLUX, negative_prompt=False, clip_skip=False, schedulers=frozenset({"euler"})),
-    SD3: ModelFamily(SD3, schedulers=frozenset({"euler"})),
+    FLUX: ModelFamily(FLUX, negative_prompt=False, clip_skip=False, schedulers=frozenset({"euler"}), controlnet=True),
+    SD3: ModelFamily(SD3, schedulers=frozenset({"euler"}), controlnet=True, controlnet_modes=frozenset({Mode.txt2img})),
 }
 
 
@@ -94,6 +96,8 @@ def check_family(request: GenerationRequest, family: ModelFamily, *, guidance_gi
         refuse("refiner", "an SDXL refiner pass")
     if request.controlnets and not family.controlnet:
         refuse("controlnets", "ControlNets in pixelmill yet")
+    if request.controlnets and request.mode not in family.controlnet_modes:
+        refuse("controlnets", f"ControlNets with {request.mode.value} (diffusers has no such pipeline)")
     if request.mode is Mode.img2img and not family.img2img:
         refuse("init_image", "img2img")
     if request.mode is Mode.inpaint and not family.inpaint:

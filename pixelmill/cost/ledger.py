@@ -74,6 +74,7 @@ class LedgerSummary:
     images_per_day: dict[date, int] = field(default_factory=dict)
     by_rate_key: dict[RateKey, Usage] = field(default_factory=dict)
     by_steps: dict[int, Usage] = field(default_factory=dict)
+    by_model_steps: dict[tuple[str, int], Usage] = field(default_factory=dict)
     by_size: dict[tuple[int, int], int] = field(default_factory=dict)
     by_api_key: dict[str | None, Usage] = field(default_factory=dict)
     by_key_and_size: dict[tuple[str | None, int, int], int] = field(default_factory=dict)
@@ -88,10 +89,21 @@ class LedgerSummary:
         """Images finished in the last :data:`TRAILING_DAYS` days: the monthly volume ``N``."""
         return self.trailing.images
 
-    def step_rates(self) -> tuple[dict[int, float], dict[int, float]]:
-        """Measured rate per step count, and the images behind each (the fit's weights)."""
-        rates = {s: u.rate for s, u in self.by_steps.items() if u.rate}
-        return rates, {s: float(self.by_steps[s].images) for s in rates}  # type: ignore[misc]
+    def step_rates(self, model: str | None = None) -> tuple[dict[int, float], dict[int, float]]:
+        """Measured rate per step count, and the images behind each (the fit's weights).
+
+        ``model``: that model's jobs only (a 4-step FLUX-schnell and a 30-step SDXL are two
+        models, not two points of one line); None: every model's together."""
+        usage = self.by_steps if model is None else {s: u for (m, s), u in self.by_model_steps.items() if m == model}
+        rates = {s: u.rate for s, u in usage.items() if u.rate}
+        return rates, {s: float(usage[s].images) for s in rates}  # type: ignore[misc]
+
+    def models(self) -> list[str]:
+        """Models with jobs in the period, most images first (ties by name)."""
+        images: dict[str, int] = defaultdict(int)
+        for (model, _), usage in self.by_model_steps.items():
+            images[model] += usage.images
+        return sorted(images, key=lambda m: (-images[m], m))
 
 
 def _utc(moment: datetime) -> datetime:
@@ -109,7 +121,7 @@ def summarize(records: Iterable[JobRecord], *, since: datetime, now: datetime) -
     """
     summary = LedgerSummary(since=_utc(since), until=_utc(now))
     trailing_start = summary.until - timedelta(days=TRAILING_DAYS)
-    groups: dict[str, dict] = {name: defaultdict(Usage) for name in ("rate", "steps", "key")}
+    groups: dict[str, dict] = {name: defaultdict(Usage) for name in ("rate", "steps", "model_steps", "key")}
     per_day: dict[date, int] = defaultdict(int)
     per_size: dict[tuple[int, int], int] = defaultdict(int)
     per_key_size: dict[tuple[str | None, int, int], int] = defaultdict(int)
@@ -130,10 +142,12 @@ def summarize(records: Iterable[JobRecord], *, since: datetime, now: datetime) -
         per_key_size[(record.api_key_id, width, height)] += record.images
         groups["rate"][RateKey(record.model or "?", width, height, record.steps)].add(record)
         groups["steps"][record.steps].add(record)
+        groups["model_steps"][(record.model or "?", record.steps)].add(record)
         groups["key"][record.api_key_id].add(record)
     summary.images_per_day = dict(sorted(per_day.items()))
     summary.by_size, summary.by_key_and_size = dict(per_size), dict(per_key_size)
     summary.by_rate_key, summary.by_steps = dict(groups["rate"]), dict(groups["steps"])
+    summary.by_model_steps = dict(groups["model_steps"])
     summary.by_api_key = dict(groups["key"])
     return summary
 

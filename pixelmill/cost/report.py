@@ -73,6 +73,19 @@ class WhatIfRow(BaseModel):
     crossover: float | None
 
 
+class ModelWhatIf(BaseModel):
+    """The few-step what-if of one model, from that model's own step counts only."""
+
+    model: str
+    images: int
+    measured_steps: list[int]
+    """Step counts the ledger measured a rate at for this model."""
+    basis: str
+    """``measured`` (a line fitted to this model's step counts) or ``assumed`` (r ∝ 1/steps)."""
+    steps_model: dict
+    what_if: list[WhatIfRow]
+
+
 class Dedicated(BaseModel):
     """The dedicated-fleet variant: GPUs rented by the month."""
 
@@ -118,7 +131,11 @@ class CostReport(BaseModel):
     reference_price: float
     verdict: dict | None
     steps_model: dict | None
+    """The few-step model of the ledger's model (with several models: the one with most images)."""
     what_if: list[WhatIfRow]
+    """:attr:`steps_model`'s what-if; every model's is in :attr:`what_if_by_model`."""
+    what_if_by_model: list[ModelWhatIf] = []
+    """Per model, most images first: each fitted to its own step counts, never pooled."""
     dedicated: Dedicated | None
     per_key: list[KeyRow]
     invoice: dict | None
@@ -203,6 +220,21 @@ def _what_if(steps_model: m.StepsModel | None, price: float, config: CostConfig)
     return rows
 
 
+def _what_if_by_model(ledger: LedgerSummary, price: float, config: CostConfig) -> list[ModelWhatIf]:
+    """One fit per model: step counts of different models are different lines (a 4-step
+    FLUX-schnell is not a point on a 30-step SDXL's time-per-step line)."""
+    rows = []
+    for model in ledger.models():
+        rates, weights = ledger.step_rates(model)
+        steps_model = m.fit_steps_model(rates, weights)
+        if steps_model is None:
+            continue  # no GPU time recorded for this model
+        images = sum(u.images for (name, _), u in ledger.by_model_steps.items() if name == model)
+        rows.append(ModelWhatIf(model=model, images=images, measured_steps=sorted(rates), basis=steps_model.basis,
+                                steps_model=vars(steps_model), what_if=_what_if(steps_model, price, config)))
+    return rows
+
+
 def _self_hosted(ledger: LedgerSummary, config: CostConfig) -> SelfHosted:
     gpu = config.gpu_hour * ledger.total.gpu_seconds / 3600.0
     overhead = config.overhead_month * ledger.days / DAYS_PER_MONTH
@@ -241,9 +273,10 @@ def build_report(
     reference = config.reference_offer(width, height)
     offers = [_offer_row(offer, ledger, config, r) for offer in config.offers]
     price = next(row.price_per_image for row in offers if row.name == reference.name)
-    rates, weights = ledger.step_rates()
-    steps_model = m.fit_steps_model(rates, weights)
-    notes = _notes(ledger, steps_model, sorted(rates), r, config)
+    by_model = _what_if_by_model(ledger, price, config)
+    main = by_model[0] if by_model else None
+    steps_model = m.StepsModel(**main.steps_model) if main else None
+    notes = _notes(ledger, by_model, r, config)
     volume = ledger.trailing_volume
     return CostReport(
         since=ledger.since, until=ledger.until, days=ledger.days, jobs=ledger.total.jobs,
@@ -253,7 +286,8 @@ def build_report(
         self_hosted=_self_hosted(ledger, config), prices_source=config.prices_source, offers=offers,
         reference=reference.name, reference_price=price,
         verdict=vars(m.verdict(price, config.gpu_hour, r, config.overhead_month, volume)) if r else None,
-        steps_model=vars(steps_model) if steps_model else None, what_if=_what_if(steps_model, price, config),
+        steps_model=vars(steps_model) if steps_model else None, what_if=main.what_if if main else [],
+        what_if_by_model=by_model,
         dedicated=_dedicated(config, r, price, volume) if r else None,
         per_key=_key_rows(ledger, config, reference),
         invoice=_invoice_dict(invoice, config, r) if invoice else None, notes=notes, gateway=gateway,
@@ -275,8 +309,7 @@ def _steps_note(steps_model: m.StepsModel, measured: list[int]) -> str:
             "with a positive time per step (too few or too noisy jobs)")
 
 
-def _notes(ledger: LedgerSummary, steps_model: m.StepsModel | None, measured_steps: list[int], rate: float | None,
-           config: CostConfig) -> list[str]:
+def _notes(ledger: LedgerSummary, by_model: list[ModelWhatIf], rate: float | None, config: CostConfig) -> list[str]:
     notes = []
     if config.prices_source == "pixelmill defaults":
         oldest = min(offer.checked for offer in config.offers)
@@ -284,8 +317,16 @@ def _notes(ledger: LedgerSummary, steps_model: m.StepsModel | None, measured_ste
                      "set your own with --config")
     if rate is None:
         notes.append("no measured rate yet: no succeeded job recorded GPU time (pass --rate to assume one)")
-    if steps_model is not None and steps_model.basis == "assumed":
-        notes.append(_steps_note(steps_model, measured_steps))
+    if len(by_model) > 1:
+        measured = [row.model for row in by_model if row.basis == "measured"]
+        assumed = [row.model for row in by_model if row.basis == "assumed"]
+        notes.append("few-step what-if per model, each fitted to its own step counts: measured rates for "
+                     f"{', '.join(measured) or 'none'}; r ∝ 1/steps assumed for {', '.join(assumed) or 'none'}; "
+                     f"the single what-if and steps model are {by_model[0].model}'s (most images)")
+    for row in by_model:
+        if row.basis == "assumed":
+            note = _steps_note(m.StepsModel(**row.steps_model), row.measured_steps)
+            notes.append(f"{row.model}: {note}" if len(by_model) > 1 else note)
     if ledger.days < TRAILING_DAYS:
         notes.append(f"the trailing volume counts {TRAILING_DAYS} days ending now; the ledger may hold less")
     return notes

@@ -50,10 +50,15 @@ class Scenario(BaseModel):
 
 
 def reference_steps(report: CostReport) -> int:
-    """The step count with the most images in the ledger (``DEFAULT_STEPS`` without any)."""
+    """The step count with the most images in the ledger (``DEFAULT_STEPS`` without any).
+
+    With several models, that of the model whose steps model the report carries (the one
+    with most images): the step counts of other models are not on its line."""
+    main = report.what_if_by_model[0].model if report.what_if_by_model else None
     images: dict[int, int] = {}
     for row in report.rates:
-        images[row.steps] = images.get(row.steps, 0) + row.images
+        if main is None or row.model == main:
+            images[row.steps] = images.get(row.steps, 0) + row.images
     return max(images, key=lambda s: (images[s], -s)) if images else DEFAULT_STEPS
 
 

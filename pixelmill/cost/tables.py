@@ -59,19 +59,32 @@ def _keys_table(report: CostReport) -> Table:
 
 def _what_if_basis(report: CostReport) -> str:
     """How the what-if got r at other step counts: a fitted line, or the r ∝ 1/steps assumption."""
-    model = report.steps_model or {}
-    if model.get("basis") == "measured":
-        measured = sorted({row.steps for row in report.rates})
-        return f"few-step what-if: time per step fitted to the measured step counts {', '.join(map(str, measured))}"
-    anchor = model.get("anchor_steps")
-    return f"few-step what-if: r ∝ 1/steps assumed from the {anchor}-step measurement (see the notes)"
+    lines = []
+    for row in report.what_if_by_model:
+        prefix = f"{row.model}: " if len(report.what_if_by_model) > 1 else "few-step what-if: "
+        if row.basis == "measured":
+            counts = ", ".join(map(str, row.measured_steps))
+            lines.append(f"{prefix}time per step fitted to the measured step counts {counts}")
+        else:
+            anchor = row.steps_model.get("anchor_steps")
+            lines.append(f"{prefix}r ∝ 1/steps assumed from the {anchor}-step measurement (see the notes)")
+    return "\n".join(lines)
 
 
 def _what_if_table(report: CostReport) -> Table:
-    table = Table(title="few-step what-if")
-    for column in ("steps", "r (images/GPU-h)", "N* (images/month)"):
-        table.add_column(column, justify="right")
-    for row in report.what_if:
+    several = len(report.what_if_by_model) > 1
+    table = Table(title="few-step what-if per model (each fitted to its own step counts)" if several
+              else "few-step what-if")
+    columns = ("model", "basis", "steps", "r (images/GPU-h)", "N* (images/month)") if several else (
+        "steps", "r (images/GPU-h)", "N* (images/month)")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "basis") else "right")
+    for model in report.what_if_by_model if several else ():
+        for row in model.what_if:
+            basis = "measured" if row.steps in model.measured_steps else (
+                "fitted line" if model.basis == "measured" else "r ∝ 1/steps")
+            table.add_row(model.model, basis, str(row.steps), f"{row.rate:,.0f}", _volume(row.crossover))
+    for row in () if several else report.what_if:
         table.add_row(str(row.steps), f"{row.rate:,.0f}", _volume(row.crossover))
     return table
 

@@ -2,7 +2,9 @@
 
 :func:`preprocess` turns a request's control image (PNG bytes) into the RGB image a
 ControlNet pipeline takes, at the generation size. :class:`ControlNetCache` loads
-ControlNet models by registry name, checks that they fit the base UNet, keeps the most
+ControlNet models by registry name (SDXL ``ControlNetModel``, ``FluxControlNetModel``,
+``SD3ControlNetModel``: the class its config names), checks that they fit the base UNet
+or transformer, keeps the most
 recently used ones, and hands out the *same* object for the same names while cached --
 :meth:`~pixelmill.engine.pipelines.PipelineSet.get_controlnet` caches its pipeline by the
 identity of that object, so a stable identity means no pipeline rebuild per request.
@@ -10,10 +12,12 @@ identity of that object, so a stable identity means no pipeline rebuild per requ
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,16 +86,42 @@ def canny(image: Image.Image, low: int = CANNY_LOW, high: int = CANNY_HIGH) -> I
 # --- the model cache ---------------------------------------------------------------------
 
 
+# A FLUX/SD3 ControlNet's blocks are added to the transformer's hidden states: the same
+# latent channels, text widths and inner width (heads x head size; its depth may differ).
+_TRANSFORMER_KEYS = ("in_channels", "patch_size", "joint_attention_dim", "pooled_projection_dim", "inner_dim")
+
+
 def check_fits(controlnet_config: Mapping[str, Any], unet_config: Mapping[str, Any], *,
                name: str, param: str) -> None:
-    """Raise :class:`InvalidRequest` unless a ControlNet's config fits the base UNet's."""
-    for key in _MATCHING_KEYS:
-        mine, theirs = _norm(controlnet_config.get(key)), _norm(unet_config.get(key))
+    """Raise :class:`InvalidRequest` unless a ControlNet's config fits the base model's
+    (SDXL: its UNet's; FLUX.1 / SD3.5: its transformer's, and the ControlNet's family)."""
+    from pixelmill.engine.families import controlnet_family
+
+    mine_family = controlnet_family(str(controlnet_config.get("_class_name", "ControlNetModel")))
+    theirs_family = _base_family(unet_config)
+    if mine_family != theirs_family:
+        raise InvalidRequest(f"ControlNet {name!r} is a {mine_family or 'unknown'} ControlNet; this model is "
+                             f"{theirs_family}", param=param)
+    keys, part = (_MATCHING_KEYS, "UNet") if theirs_family == "sdxl" else (_TRANSFORMER_KEYS, "transformer")
+    for key in keys:
+        mine, theirs = _norm(_value(controlnet_config, key)), _norm(_value(unet_config, key))
         if mine != theirs:
             raise InvalidRequest(
                 f"ControlNet {name!r} does not fit this model: {key} is {mine} "
-                f"but the model's UNet has {theirs} (a ControlNet for another base model?)",
+                f"but the model's {part} has {theirs} (a ControlNet for another base model?)",
                 param=param)
+
+
+def _base_family(config: Mapping[str, Any]) -> str:
+    kind = str(config.get("_class_name", ""))
+    return "flux" if kind.startswith("Flux") else "sd3" if kind.startswith("SD3") else "sdxl"
+
+
+def _value(config: Mapping[str, Any], key: str) -> Any:
+    if key == "inner_dim":
+        heads, size = config.get("num_attention_heads"), config.get("attention_head_dim")
+        return heads * size if isinstance(heads, int) and isinstance(size, int) else None
+    return config.get(key)
 
 
 def _norm(value: Any) -> Any:
@@ -140,9 +170,12 @@ class ControlNetCache:
                 return models[0]
             multi = self._multis.get(names)
             if multi is None:
-                from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+                import diffusers
 
-                multi = self._multis[names] = MultiControlNetModel(models)
+                from pixelmill.engine.families import CONTROLNET_MODELS, controlnet_family
+
+                family = controlnet_family(type(models[0]).__name__) or "sdxl"
+                multi = self._multis[names] = getattr(diffusers, CONTROLNET_MODELS[family][1])(models)
             return multi
 
     def _model(self, name: str, index: int, unet_config: Mapping[str, Any]) -> Any:
@@ -159,11 +192,18 @@ class ControlNetCache:
         return model
 
     def _load(self, path, name: str, param: str) -> Any:
-        from diffusers import ControlNetModel
+        import diffusers
 
         try:
-            model = ControlNetModel.from_pretrained(path, dtype=self.cfg.dtype, use_safetensors=True,
-                                                    local_files_only=True)
+            # The class its config names (ControlNetModel, FluxControlNetModel, SD3ControlNetModel).
+            kind = json.loads((Path(path) / "config.json").read_text()).get("_class_name", "ControlNetModel")
+            from pixelmill.engine.families import controlnet_family
+
+            if controlnet_family(kind) is None:
+                raise ModelUnavailable(f"ControlNet {name!r} is a {kind}, which pixelmill does not serve",
+                                       param=param)
+            model = getattr(diffusers, kind).from_pretrained(path, dtype=self.cfg.dtype, use_safetensors=True,
+                                                             local_files_only=True)
         except PixelmillError:
             raise
         except Exception as exc:  # library-specific load failures: one error type for callers

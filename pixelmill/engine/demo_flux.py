@@ -5,6 +5,7 @@
     checkpoints/demo-flux/               FluxPipeline folder, FLUX.1-dev-like (guidance embedding)
     checkpoints/demo-flux-schnell/       FluxPipeline folder, FLUX.1-schnell-like (no guidance embedding)
     loras/demo-flux-style.safetensors    diffusers-format LoRA on the transformer's attention
+    controlnets/demo-flux-controlnet/    FluxControlNetModel (1 double + 1 single block) of the dev demo
 
 Structurally FLUX.1: a ``FluxTransformer2DModel`` (double- and single-stream blocks, packed
 2x2 latents so ``in_channels`` is 4 x 16), a CLIP text encoder giving the pooled vector, a
@@ -21,6 +22,7 @@ tokenizers, the transformer LoRA) are shared with :mod:`pixelmill.engine.demo_sd
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from pixelmill.engine.demo_tokenizer import write_tokenizer_files
 FLUX_DEV_NAME = "demo-flux"
 FLUX_SCHNELL_NAME = "demo-flux-schnell"
 FLUX_LORA_NAME = "demo-flux-style"
+FLUX_CONTROLNET_NAME = "demo-flux-controlnet"
 _SEED = 20250301
 
 
@@ -177,9 +180,38 @@ def write_flux_demos(models_dir: Path, size: str = "tiny") -> list[str]:
             save_family_folder(pipe, models_dir / "checkpoints" / name,
                                clip_folders={"tokenizer": "<|endoftext|>"}, t5_folder="tokenizer_2")
             written.append(f"checkpoints/{name}")
+        write_transformer_controlnet(_flux_controlnet(pipe.transformer), models_dir / "controlnets" / FLUX_CONTROLNET_NAME,
+                                     seed=_SEED + 9)
         write_transformer_lora(pipe, FluxPipeline, FLUX_LORA_NAME, models_dir / "loras",
                                rank=spec.lora_rank, seed=_SEED + 7)
-    return [f"loras/{FLUX_LORA_NAME}.safetensors", *written]
+    return [f"loras/{FLUX_LORA_NAME}.safetensors", f"controlnets/{FLUX_CONTROLNET_NAME}", *written]
+
+
+def _flux_controlnet(transformer):
+    """A ``FluxControlNetModel`` of one double and one single block, the transformer's widths."""
+    with warnings.catch_warnings():  # diffusers' own FluxPosEmbed import warns: nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        from diffusers import FluxControlNetModel
+
+        config = transformer.config
+        return FluxControlNetModel.from_transformer(
+            transformer, num_layers=1, num_single_layers=1, attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads)
+
+
+def write_transformer_controlnet(controlnet, target: Path, *, seed: int) -> None:
+    """Save a FLUX/SD3 ControlNet made from its transformer, its zero-initialised parts (the
+    control input embedding and the per-block outputs) made random: a fresh ControlNet adds
+    exactly zero, and the tests must see a control image change the picture."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in controlnet.parameters():
+            if not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    controlnet.eval().save_pretrained(target, safe_serialization=True)
 
 
 def write_family_demos(models_dir: Path, size: str, families: tuple[str, ...]) -> list[str]:

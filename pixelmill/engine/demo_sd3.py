@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from pixelmill.engine.demo_flux import (SIZES, FamilyDemoSize, clip_encoder, save_family_folder, t5_encoder,
-                                        vae16, write_transformer_lora)
+                                        vae16, write_transformer_controlnet, write_transformer_lora)
 from pixelmill.engine.demo_tokenizer import build_t5_tokenizer, build_tokenizer
 
 SD3_NAME = "demo-sd3"
 SD3_LORA_NAME = "demo-sd3-style"
+SD3_CONTROLNET_NAME = "demo-sd3-controlnet"
 _SEED = 20250302
 SD3_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}  # SD 3.5's scheduler_config.json
 
@@ -59,6 +60,25 @@ def write_sd3_demo(models_dir: Path, size: str = "tiny") -> list[str]:
         pipe = build_sd3_pipeline(spec)
         save_family_folder(pipe, models_dir / "checkpoints" / SD3_NAME,
                            clip_folders={"tokenizer": "<|endoftext|>", "tokenizer_2": "!"}, t5_folder="tokenizer_3")
+        write_transformer_controlnet(_sd3_controlnet(pipe.transformer),
+                                     models_dir / "controlnets" / SD3_CONTROLNET_NAME, seed=_SEED + 9)
         write_transformer_lora(pipe, StableDiffusion3Pipeline, SD3_LORA_NAME, models_dir / "loras",
                                rank=spec.lora_rank, seed=_SEED + 7)
-    return [f"loras/{SD3_LORA_NAME}.safetensors", f"checkpoints/{SD3_NAME}"]
+    return [f"loras/{SD3_LORA_NAME}.safetensors", f"controlnets/{SD3_CONTROLNET_NAME}", f"checkpoints/{SD3_NAME}"]
+
+
+def _sd3_controlnet(transformer):
+    """An ``SD3ControlNetModel`` of one block with the transformer's widths (diffusers'
+    ``from_transformer`` writes into the transformer's frozen config, so it is built here)."""
+    from diffusers import SD3ControlNetModel
+
+    config = {k: v for k, v in transformer.config.items() if not k.startswith("_")}
+    config |= {"num_layers": 1, "extra_conditioning_channels": 0}
+    controlnet = SD3ControlNetModel.from_config(config)
+    controlnet.pos_embed.load_state_dict(transformer.pos_embed.state_dict())
+    controlnet.time_text_embed.load_state_dict(transformer.time_text_embed.state_dict())
+    controlnet.context_embedder.load_state_dict(transformer.context_embedder.state_dict())
+    controlnet.transformer_blocks.load_state_dict(transformer.transformer_blocks.state_dict(), strict=False)
+    torch.nn.init.zeros_(controlnet.pos_embed_input.proj.weight)  # as from_transformer: random in the writer
+    torch.nn.init.zeros_(controlnet.pos_embed_input.proj.bias)
+    return controlnet

@@ -6,8 +6,10 @@ family in a pipeline call lives here, so :mod:`pixelmill.engine.generation` stay
 
 * SDXL: compel prompt embeddings, negative prompt, CFG, ``clip_skip``, refiner, ControlNet;
 * FLUX.1: plain prompts (CLIP pooled + T5 sequence), ``guidance_scale`` feeds dev's guidance
-  embedding (schnell has none), no negative prompt, flow-matching scheduler only;
-* SD 3.5: plain prompts for its three encoders, negative prompt, CFG, ``clip_skip``.
+  embedding (schnell has none), no negative prompt, flow-matching scheduler only; ControlNet
+  (``FluxControlNetModel``) for txt2img, img2img and inpaint;
+* SD 3.5: plain prompts for its three encoders, negative prompt, CFG, ``clip_skip``; ControlNet
+  (``SD3ControlNetModel``) for txt2img only (diffusers has no SD3 img2img ControlNet pipeline).
 
 T5 memory options (FLUX.1 and SD3.5 only; :class:`TextEncoderOptions` from the settings):
 ``precision`` (T5 overflows in fp16, so CUDA defaults to bf16) and ``quantization``
@@ -17,7 +19,9 @@ T5 memory options (FLUX.1 and SD3.5 only; :class:`TextEncoderOptions` from the s
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +39,17 @@ _CLASSES = {
     SD3: ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline"),
 }
 _MODES = (Mode.txt2img, Mode.img2img, Mode.inpaint)
+# ControlNet pipelines where diffusers has them (None: it has none; the policy refuses that mode)
+# and the ControlNet model classes, single and multi, per family.
+_CONTROL_CLASSES = {
+    SDXL: ("StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline",
+           "StableDiffusionXLControlNetInpaintPipeline"),
+    FLUX: ("FluxControlNetPipeline", "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline"),
+    SD3: ("StableDiffusion3ControlNetPipeline", None, None),  # SD3's inpaint ControlNet is a model of its own
+}
+CONTROLNET_MODELS = {SDXL: ("ControlNetModel", "MultiControlNetModel"),
+                     FLUX: ("FluxControlNetModel", "FluxMultiControlNetModel"),
+                     SD3: ("SD3ControlNetModel", "SD3MultiControlNetModel")}
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,50 @@ def pipeline_class(family: str, mode: Mode = Mode.txt2img) -> Any:
     import diffusers
 
     return getattr(diffusers, _CLASSES[family][_MODES.index(Mode(mode))])
+
+
+def controlnet_pipeline_class(family: str, mode: Mode) -> Any:
+    """The diffusers ControlNet pipeline class for ``family`` and ``mode``."""
+    import diffusers
+
+    name = _CONTROL_CLASSES[family][_MODES.index(Mode(mode))]
+    if name is None:
+        raise ModelUnavailable(f"diffusers has no {family} ControlNet pipeline for {Mode(mode).value}",
+                               param="controlnets")
+    return getattr(diffusers, name)
+
+
+def controlnet_family(class_name: str) -> str | None:
+    """The family a ControlNet model class (its config's ``_class_name``) belongs to."""
+    return next((family for family, (single, _) in CONTROLNET_MODELS.items() if single == class_name), None)
+
+
+def control_image_kwarg(family: str, mode: Mode) -> str:
+    """The call kwarg that takes the control image: SDXL's txt2img pipeline calls it ``image``
+    (its img2img/inpaint ones use ``image`` for the init image); FLUX and SD3 ``control_image``."""
+    return "image" if family == SDXL and Mode(mode) is Mode.txt2img else "control_image"
+
+
+@contextlib.contextmanager
+def seeded_global_rng(family: str, controlnet: bool, seed: int) -> Iterator[None]:
+    """Seed torch's global RNG for the call (and restore it after) where diffusers draws from it.
+
+    diffusers' SD3 ControlNet pipeline samples the control image's VAE latents without the
+    request's generator; seeding the global RNG from the request's first seed keeps "same
+    seed, same image" (on CUDA its CUDA RNG too). Every other call is left alone."""
+    if family != SD3 or not controlnet:
+        yield
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def denoiser_config(pipe: Any) -> Any:
+    """The config of the model a ControlNet feeds: SDXL's UNet, FLUX/SD3's transformer."""
+    unet = getattr(pipe, "unet", None)
+    return (unet if unet is not None else pipe.transformer).config
 
 
 def family_of_pipeline(pipe: Any) -> ModelFamily:

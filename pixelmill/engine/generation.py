@@ -32,7 +32,8 @@ from pixelmill.core.samplers import sampler_label
 from pixelmill.engine.schedulers import use_scheduler
 from pixelmill.core.errors import GenerationCanceled, GenerationFailed
 from pixelmill.core.families import SDXL, check_family
-from pixelmill.engine.families import call_kwargs, family_of_pipeline
+from pixelmill.engine.families import (call_kwargs, control_image_kwarg, denoiser_config, family_of_pipeline,
+                                       seeded_global_rng)
 
 
 @dataclass
@@ -173,7 +174,7 @@ def _pipeline_for(pipes, head: GenerationRequest, width: int, height: int, extra
     if extras is None:
         raise GenerationFailed("ControlNets need the engine's ControlNet cache")
     specs = head.controlnets
-    model = extras.controlnets.get(tuple(c.name for c in specs), pipes.base.unet.config)
+    model = extras.controlnets.get(tuple(c.name for c in specs), denoiser_config(pipes.base))
     pipe = pipes.get_controlnet(head.mode, model)
     images = [preprocess(c.image, c.preprocess, (width, height)) for c in specs]
     several = len(specs) > 1
@@ -181,9 +182,7 @@ def _pipeline_for(pipes, head: GenerationRequest, width: int, height: int, extra
     def per_net(values: list):
         return values if several else values[0]
 
-    # txt2img ControlNet pipelines take the control image as ``image``; img2img and
-    # inpaint ones use ``image`` for the init image and ``control_image`` for control.
-    image_kw = "image" if head.mode is Mode.txt2img else "control_image"
+    image_kw = control_image_kwarg(pipes.family.family, head.mode)  # ``image`` or ``control_image``
     kwargs = {
         image_kw: per_net(images),
         # Always explicit: the img2img ControlNet pipeline's default scale is 0.8, not 1.
@@ -274,13 +273,14 @@ def _call(pipe, requests: list[GenerationRequest], width: int, height: int, seed
         negatives = _per_image([r.negative_prompt for r in requests], seeds) if head.negative_prompt else None
         text = call_kwargs(family, prompts=_per_image([r.prompt for r in requests], seeds), negatives=negatives,
                            guidance=head.guidance, clip_skip=head.clip_skip)
-    return pipe(
-        **text,
-        width=width,
-        height=height,
-        num_inference_steps=head.steps,
-        num_images_per_prompt=1,
-        generator=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
-        callback_on_step_end=callback,
-        **kwargs,
-    )
+    with seeded_global_rng(family.family, bool(head.controlnets), seeds[0][0]):  # SD3 ControlNet only
+        return pipe(
+            **text,
+            width=width,
+            height=height,
+            num_inference_steps=head.steps,
+            num_images_per_prompt=1,
+            generator=[torch.Generator("cpu").manual_seed(s) for request_seeds in seeds for s in request_seeds],
+            callback_on_step_end=callback,
+            **kwargs,
+        )

@@ -29,16 +29,6 @@ def _pipeline_classes(family: str = "sdxl") -> dict[Mode, Any]:
     return {mode: pipeline_class(family, mode) for mode in (Mode.txt2img, Mode.img2img, Mode.inpaint)}
 
 
-def _controlnet_classes() -> dict[Mode, Any]:
-    from diffusers import (StableDiffusionXLControlNetImg2ImgPipeline,
-                           StableDiffusionXLControlNetInpaintPipeline,
-                           StableDiffusionXLControlNetPipeline)
-
-    return {Mode.txt2img: StableDiffusionXLControlNetPipeline,
-            Mode.img2img: StableDiffusionXLControlNetImg2ImgPipeline,
-            Mode.inpaint: StableDiffusionXLControlNetInpaintPipeline}
-
-
 class PipelineSet:
     """All pipelines of one loaded base model, sharing one set of weights.
 
@@ -118,8 +108,10 @@ class PipelineSet:
                 model = controlnet
                 if isinstance(model, (list, tuple)) and len(model) == 1:
                     model = model[0]  # a one-element list would still run the Multi wrapper
-                pipe = _controlnet_classes()[mode].from_pipe(self.base, controlnet=model,
-                                                             dtype=self.cfg.dtype)
+                from pixelmill.engine.families import controlnet_pipeline_class
+
+                pipe = controlnet_pipeline_class(self.family.family, mode).from_pipe(
+                    self.base, controlnet=model, dtype=self.cfg.dtype)
                 self._control[mode] = (controlnet, pipe)
         if not self.cfg.is_cuda or self.cfg.offload == "none":
             _move(pipe.controlnet, self.cfg)

@@ -5,16 +5,22 @@ data, never torch): a LoRA's tensor names and shapes are parsed, paired into
 down/up halves, and each target is matched with the base model's weight of the same
 module. Recognised formats:
 
-* ``peft``: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (diffusers today);
+* ``peft``: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (diffusers today; also
+  ai-toolkit's FLUX LoRAs, ``transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight``);
 * ``diffusers``: ``<component>.<module>.lora.down.weight`` / ``lora.up.weight``, also
   ``lora_linear_layer.down/up`` and the old ``processor.to_q_lora.down`` names;
 * ``kohya``: ``lora_unet_…`` / ``lora_te1_…`` / ``lora_te2_…`` with ``.lora_down.weight``,
-  ``.lora_up.weight`` and ``.alpha``; UNet names may be diffusers' or SGM's (flattened).
+  ``.lora_up.weight`` and ``.alpha``; UNet names may be diffusers' or SGM's (flattened), and
+  FLUX.1 ones (``lora_unet_double_blocks_0_img_attn_qkv``) name BFL's fused transformer modules;
+* ``bfl``: BFL module names with kohya halves as ComfyUI saves them
+  (``diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight``, CLIP-L under
+  ``text_encoders.clip_l.transformer.``). Both FLUX formats load through diffusers' converters.
 
-Base shapes come from a diffusers folder (``unet/``, ``text_encoder/``,
-``text_encoder_2/``, sharded or not) or a single-file SGM checkpoint, converted to
-diffusers module names. Kohya files often name UNet modules the SGM way
-(``input_blocks.4.1…``): :func:`block_pairs` maps diffusers blocks to SGM blocks.
+Base shapes come from a diffusers folder (``unet/``, ``text_encoder/``, ``text_encoder_2/``,
+``transformer/``, sharded or not), a single-file SGM checkpoint or a BFL FLUX.1 transformer
+file, converted to diffusers module names (and, for FLUX, BFL's too: ``flux_names``).
+Kohya files often name UNet modules the SGM way (``input_blocks.4.1…``): :func:`block_pairs`
+maps diffusers blocks to SGM blocks.
 """
 
 from __future__ import annotations
@@ -22,33 +28,32 @@ from __future__ import annotations
 import functools
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable
-from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelEntry, ModelKind
+from pixelmill.registry.flux_names import BFL_ROOTS, is_flux_transformer, with_bfl_names, with_diffusers_names
+from pixelmill.registry.models_dir import ModelEntry, ModelKind
+from pixelmill.registry.safetensors_header import MAX_HEADER_BYTES, HeaderError, read_header  # noqa: F401
 from pixelmill.registry.sgm_names import UnetLayout, block_pairs, to_sgm, from_sgm, open_clip_to_hf
 
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "transformer")  # transformer: FLUX.1 / SD3.5
-MAX_HEADER_BYTES = 100 << 20
-"""A safetensors header larger than this is refused (real SDXL checkpoints: < 1 MB)."""
-
-_KOHYA_COMPONENTS = {"unet": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+_KOHYA_COMPONENTS = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2",
+                     "diffusion_model": "transformer", "text_encoders.clip_l.transformer": "text_encoder"}
 _PART = r"^(unet|text_encoder|text_encoder_2|transformer)\.(.+)"
-_KEY_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+_BFL = r"^(diffusion_model|text_encoders\.clip_l\.transformer)\.(.+)"
+# (format, pattern); an alpha's format is that of its file's other tensors (None: any).
+_KEY_PATTERNS: list[tuple[str | None, re.Pattern[str]]] = [
     ("peft", re.compile(_PART + r"\.lora_(A|B)\.weight$")),
     ("diffusers", re.compile(_PART + r"\.(?:lora|lora_linear_layer)\.(down|up)\.weight$")),
     ("diffusers", re.compile(r"^(unet)\.(.+\.processor\.to_(?:q|k|v|out))_lora\.(down|up)\.weight$")),
-    ("kohya", re.compile(r"^lora_(unet|te1|te2)_(.+)\.lora_(down|up)\.weight$")),
-    ("alpha", re.compile(r"^lora_(unet|te1|te2)_(.+)\.(alpha)$")),
-    ("alpha", re.compile(_PART + r"\.(alpha)$")),
+    ("kohya", re.compile(r"^lora_(unet|te|te1|te2)_(.+)\.lora_(down|up)\.weight$")),
+    ("kohya", re.compile(r"^lora_(unet|te|te1|te2)_(.+)\.(alpha)$")),
+    ("bfl", re.compile(_BFL + r"\.lora_(down|up)\.weight$")),
+    ("bfl", re.compile(_BFL + r"\.(alpha)$")),
+    (None, re.compile(_PART + r"\.(alpha)$")),
 ]
 _HALF = {"A": "down", "B": "up", "down": "down", "up": "up", "alpha": "alpha"}
-
-
-class HeaderError(ValueError):
-    """A file is not a well-formed safetensors file."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,19 @@ class LoraInfo:
     def components(self) -> tuple[str, ...]:
         return tuple(c for c in COMPONENTS if any(t.component == c for t in self.targets))
 
+    @property
+    def family(self) -> str | None:
+        """``sdxl`` (a UNet), ``flux`` (FLUX.1 block names), ``sd3`` (MMDiT ``context_block``
+        names), or None when the names fit more than one (attention-only transformer LoRAs)."""
+        modules = {t.module for t in self.targets if t.component == "transformer"}
+        if "unet" in self.components:
+            return "sdxl"
+        if any(m.startswith(BFL_ROOTS) or m.startswith("single_transformer_blocks") for m in modules):
+            return "flux"
+        if any("context_block" in m or m.startswith("pos_embed") for m in modules):
+            return "sd3"
+        return None
+
 
 @dataclass(frozen=True)
 class BaseShapes:
@@ -97,54 +115,6 @@ class BaseShapes:
     name: str
     modules: dict[str, dict[str, tuple[int, ...]]]
     layout: UnetLayout | None
-
-
-# --- headers --------------------------------------------------------------------------
-
-
-def read_header(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name → shape of a safetensors file; :class:`HeaderError` if malformed.
-
-    Pickle formats are refused by name before the file is opened.
-    """
-    path = Path(path)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise HeaderError(f"{path.name}: pickle files ({path.suffix}) are never opened")
-    with open(path, "rb") as file:
-        size = file.seek(0, 2)
-        file.seek(0)
-        prefix = file.read(8)
-        if len(prefix) < 8:
-            raise HeaderError("not a safetensors file: shorter than its 8-byte header length")
-        (length,) = struct.unpack("<Q", prefix)
-        if length < 2 or length > min(MAX_HEADER_BYTES, size - 8):
-            raise HeaderError("not a safetensors file: header length out of range")
-        raw = file.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise HeaderError("not a safetensors file: header is not JSON") from None
-    except RecursionError:  # hostile "[[[[…": a real header nests 3 deep
-        raise HeaderError("not a safetensors file: header JSON is nested too deeply") from None
-    if not isinstance(header, dict):
-        raise HeaderError("not a safetensors file: header is not a JSON object")
-    return _shapes(header, size - 8 - length)
-
-
-def _shapes(header: dict, data_bytes: int) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
-        ok = isinstance(meta, dict) and isinstance(meta.get("dtype"), str)
-        shape, offsets = (meta.get("shape"), meta.get("data_offsets")) if ok else (None, None)
-        ok = ok and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
-        ok = ok and isinstance(offsets, list) and len(offsets) == 2
-        ok = ok and all(isinstance(o, int) for o in offsets) and 0 <= offsets[0] <= offsets[1] <= data_bytes
-        if not ok:
-            raise HeaderError(f"bad safetensors header entry for tensor {key!r}")
-        shapes[key] = tuple(shape)
-    return shapes
 
 
 # --- LoRA files -----------------------------------------------------------------------
@@ -157,13 +127,15 @@ def _parse_key(key: str) -> tuple[str, str, str, str]:
         if match:
             component, module, half = match.groups()
             component = _KOHYA_COMPONENTS.get(component, component)
+            if component == "unet" and fmt == "kohya" and module.startswith(BFL_ROOTS):
+                component = "transformer"  # FLUX.1: kohya names BFL's transformer modules
             if ".processor.to_" in module:  # old attention-processor names
                 stem, proj = module.split(".processor.to_")
                 module = f"{stem}.to_{'out.0' if proj == 'out' else proj}"
             return fmt, component, _strip_text_model(component, module), _HALF[half]
     raise InvalidRequest(
-        f"tensor {key!r} is not a LoRA tensor of a supported format (diffusers/peft "
-        "'unet.…lora_A.weight', 'lora.down.weight' or kohya 'lora_unet_…/lora_te1_…/lora_te2_…')",
+        f"tensor {key!r} is not a LoRA tensor of a supported format (diffusers/peft 'unet.…lora_A.weight', "
+        "'lora.down.weight', kohya 'lora_unet_…/lora_te1_…/lora_te2_…' or BFL 'diffusion_model.….lora_down')",
         param="file",
     )
 
@@ -181,9 +153,9 @@ def lora_from_shapes(path: Path, shapes: dict[str, tuple[int, ...]], size: int) 
     formats = set()
     for key, shape in shapes.items():
         fmt, component, module, half = _parse_key(key)
-        formats.add("kohya" if fmt == "alpha" and key.startswith("lora_") else fmt)
+        formats.add(fmt)
         halves.setdefault((component, module), {})[half] = (shape, key)
-    formats.discard("alpha")
+    formats.discard(None)
     if not formats:
         raise InvalidRequest("the file holds no LoRA tensors", param="file")
     if len(formats) > 1:
@@ -275,6 +247,8 @@ def _folder_shapes(name: str, folder: Path) -> BaseShapes:
         header = _component_header(folder / rel)
         if header is not None:
             modules[component] = _weights(component, header)
+    if is_flux_transformer(modules.get("transformer", {})):
+        modules["transformer"] = with_bfl_names(modules["transformer"])  # kohya/BFL LoRAs name these
     config = folder / "unet" / "config.json"
     layout = UnetLayout.from_config(json.loads(config.read_text())) if config.is_file() else None
     return BaseShapes(name, modules, layout)
@@ -303,7 +277,11 @@ def _weights(component: str, header: dict[str, tuple[int, ...]]) -> dict[str, tu
 
 
 def _single_file_shapes(name: str, header: dict[str, tuple[int, ...]]) -> BaseShapes:
-    """An SGM (original Stability) single file, converted to diffusers module names."""
+    """An SGM (original Stability) single file, converted to diffusers module names, or a
+    FLUX.1 transformer file (BFL or diffusers layout) under both layouts' names."""
+    flux = _weights("transformer", {k.removeprefix("model.diffusion_model."): s for k, s in header.items()})
+    if is_flux_transformer(flux):
+        return BaseShapes(name, {"transformer": with_bfl_names(with_diffusers_names(flux))}, None)
     unet_sgm = {k.removeprefix("model.diffusion_model."): s for k, s in header.items()
                 if k.startswith("model.diffusion_model.")}
     layout = UnetLayout.from_sgm_keys(unet_sgm)

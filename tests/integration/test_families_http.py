@@ -78,3 +78,38 @@ def test_a1111_txt2img_runs_flux_through_the_same_policy(flux_server):
     assert json.loads(response.json()["info"])["steps"] == 4  # the schnell profile, not the server's 30
     refused = httpx.post(f"{flux_server.url}/sdapi/v1/txt2img", json=body | {"negative_prompt": "x"}, timeout=60)
     assert refused.status_code >= 400 and "negative_prompt" in refused.text
+
+
+def test_a_kohya_flux_lora_is_uploaded_checked_listed_and_used(flux_server, family_models, tmp_path):  # noqa: F811
+    """What a team leaving a hosted provider brings: a kohya FLUX.1 LoRA (BFL's fused names)."""
+    from tests.support.flux_lora import fused_shapes, write_flux_lora
+
+    transformer = family_models / "checkpoints/demo-flux-schnell/transformer/diffusion_pytorch_model.safetensors"
+    data = write_flux_lora(tmp_path / "brand.safetensors", fused_shapes(transformer), seed=5).read_bytes()
+
+    def upload(name: str, base: str) -> httpx.Response:
+        return httpx.post(f"{flux_server.url}/v1/loras", data={"name": name, "base": base},
+                          files={"file": ("brand.safetensors", data, "application/octet-stream")}, timeout=60)
+
+    refused = upload("brand-on-sd3", "demo-sd3")
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "file", refused.text
+    assert "lora_unet_double_blocks_0_" in refused.json()["error"]["message"]
+    try:
+        stored = upload("brand-kohya", "demo-flux-schnell")
+        assert stored.status_code == 201, stored.text
+        body = stored.json()
+        assert (body["format"], body["family"], body["components"]) == ("kohya", "flux", ["transformer"])
+        assert body["compatible_with"] == ["demo-flux", "demo-flux-schnell"]
+        listed = {e["name"]: e for e in httpx.get(f"{flux_server.url}/v1/loras", timeout=30).json()["data"]}
+        assert listed["brand-kohya"]["family"] == "flux" and listed["demo-flux-style"]["family"] == "flux"
+
+        def run(**body) -> np.ndarray:
+            response = native(flux_server, model="demo-flux-schnell", steps=2, **body)
+            assert response.status_code == 200, response.text
+            return pixels(decode(response.json()["images"][0]["b64_json"]))
+
+        plain = run()
+        assert np.array_equal(plain, run(loras=[{"name": "brand-kohya", "weight": 0.0}]))
+        assert not np.array_equal(plain, run(loras=[{"name": "brand-kohya", "weight": 1.0}]))
+    finally:
+        (family_models / "loras" / "brand-kohya.safetensors").unlink(missing_ok=True)

@@ -17,6 +17,8 @@ from safetensors.numpy import save_file
 from pixelmill.core.batching import batch_key
 from pixelmill.core.errors import InvalidRequest
 from pixelmill.core.policy import resolve
+from pixelmill.images.codecs import reencode_png
+from tests.support.images import gradient
 from pixelmill.core.profiles import load_profiles, parse_profiles
 from pixelmill.core.types import ControlSpec, GenerationRequest, LoraSpec, Mode, RefinerSpec
 from pixelmill.registry.families import detect_file, detect_folder, detect_keys
@@ -99,7 +101,9 @@ def test_a_pickle_or_unknown_file_has_no_family(tmp_path):
     ("sd35m", {"refiner": RefinerSpec(name="demo-refiner")}, "refiner"),
     ("sd35m", {"scheduler": "DPM++ 2M Karras"}, "scheduler"),
     ("my-flux", {"scheduler": "DDIM"}, "scheduler"),
-    ("sd35m", {"controlnets": (ControlSpec(name="demo-canny", image=b"x"),)}, "controlnets"),
+    # diffusers has an SD3 ControlNet pipeline for txt2img only
+    ("sd35m", {"controlnets": (ControlSpec(name="demo-sd3-controlnet", image=b"x"),), "mode": Mode.img2img,
+               "init_image": reencode_png(gradient(64, 64)), "strength": 0.5}, "controlnets"),
 ])
 def test_what_a_family_cannot_do_is_refused_naming_the_parameter(models, model, fields, param):
     with pytest.raises(InvalidRequest) as caught:
@@ -113,6 +117,9 @@ def test_what_a_family_can_do_passes(models):
     assert run(models, model="fast", guidance=0).guidance == 0
     assert run(models, model="sd35m", negative_prompt="blurry", clip_skip=2).clip_skip == 2
     assert run(models, model="plain-xl", negative_prompt="x", clip_skip=2, scheduler="euler").scheduler == "euler"
+    control = (ControlSpec(name="demo-flux-controlnet", image=b"x"),)
+    assert run(models, model="my-flux", controlnets=control).controlnets == control
+    assert run(models, model="sd35m", controlnets=control).controlnets == control  # the engine checks the fit
     # Flow-matching families: "Euler" (what A1111 clients send) is their own scheduler.
     assert run(models, model="my-flux", scheduler="Euler").scheduler is None
 
