@@ -30,6 +30,7 @@ from pixelmill.jobs.notify import Notifier
 from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.jobs.notify import idle_until_work
 from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
+from pixelmill.jobs.supervisor import stop_within
 from pixelmill.jobs.worker import default_worker_id
 from pixelmill.settings import Settings
 
@@ -127,12 +128,7 @@ class UpstreamWorker:
 
     async def shutdown(self, task: asyncio.Task, grace_s: float) -> None:
         """Let jobs in flight finish for ``grace_s``, then release them (resumed later)."""
-        self.stop()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), grace_s)
-        except TimeoutError:
-            self.abort()
-            await task
+        await stop_within(task, grace_s, stop=self.stop, abort=self.abort)
 
     # ------------------------------------------------------------------ one job
     async def _run_job(self, job: JobRecord) -> None:

@@ -135,3 +135,15 @@ async def _recover(
             continue
         log.info("worker %s: the check passed after %s; serving again", name, health.reason)
         return True
+
+
+async def stop_within(task: asyncio.Task, grace_s: float, *, stop: Callable[[], None],
+                      abort: Callable[[], None]) -> None:
+    """A worker's graceful stop: ``stop`` taking work, give its ``task`` ``grace_s`` seconds
+    to finish what it holds, then ``abort`` (what it holds goes back to the queue) and wait."""
+    stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace_s)
+    except TimeoutError:
+        abort()
+        await task

@@ -50,7 +50,8 @@ from pixelmill.jobs.notify import Notifier, idle_until_work
 from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
 from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
 from pixelmill.jobs.store import Completion, JobStore
-from pixelmill.jobs.supervisor import Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, supervise
+from pixelmill.jobs.supervisor import (Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, stop_within,
+                                       supervise)
 from pixelmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -208,12 +209,7 @@ class Worker:
 
     async def shutdown(self, task: asyncio.Task, grace_s: float) -> None:
         """Graceful stop: let the running job finish for ``grace_s``, then release it."""
-        self.stop()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), grace_s)
-        except TimeoutError:
-            self.abort()
-            await task
+        await stop_within(task, grace_s, stop=self.stop, abort=self.abort)
 
     # ------------------------------------------------------------- one batch
     async def _execute(self, jobs: list[JobRecord]) -> None:
