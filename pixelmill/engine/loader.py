@@ -72,11 +72,11 @@ def load_folder(path: Path, cfg: DeviceConfig, options: TextEncoderOptions | Non
     if not (path / "model_index.json").is_file():
         raise ModelUnavailable(f"{path.name}: not a diffusers model folder (no model_index.json)")
     family = detect_folder(path)
-    return _from_pretrained(str(path), family.family if family else SDXL, cfg, options or TextEncoderOptions(),
-                            name=path.name, local_files_only=True)
+    return _load_pipeline(str(path), family.family if family else SDXL, cfg, options or TextEncoderOptions(),
+                          name=path.name, local_files_only=True)
 
 
-def _from_pretrained(location: str, family: str, cfg: DeviceConfig, options: TextEncoderOptions, *, name: str,
+def _load_pipeline(location: str, family: str, cfg: DeviceConfig, options: TextEncoderOptions, *, name: str,
                      local_files_only: bool, **extra: Any) -> Any:
     """``from_pretrained`` of ``family``'s txt2img pipeline, T5 options applied, then prepared."""
     kwargs: dict[str, Any] = dict(dtype=cfg.dtype, use_safetensors=True, local_files_only=local_files_only, **extra)
@@ -94,6 +94,7 @@ def load_transformer_file(path: Path, family: ModelFamily, cfg: DeviceConfig, op
     """A FLUX.1/SD3.5 single file: its transformer, the other components from a base (see module doc)."""
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
+    refuse_pickle(path)  # from the name alone, before anything opens the file
     base_dir = path.parent / (path.stem + BASE_SUFFIX)
     local_only = True
     if (base_dir / "model_index.json").is_file():
@@ -108,8 +109,8 @@ def load_transformer_file(path: Path, family: ModelFamily, cfg: DeviceConfig, op
     with _as_unavailable(path.name):
         transformer = model_cls.from_single_file(str(path), config=base, subfolder="transformer",
                                                  torch_dtype=cfg.dtype, local_files_only=local_only)
-    return _from_pretrained(base, family.family, cfg, options, name=path.name, local_files_only=local_only,
-                            transformer=transformer)
+    return _load_pipeline(base, family.family, cfg, options, name=path.name, local_files_only=local_only,
+                          transformer=transformer)
 
 
 def load_single_file(path: Path, cfg: DeviceConfig, config_dir: Path | None = None,
@@ -169,8 +170,8 @@ def load_hub(repo_id: str, cfg: DeviceConfig, *, local_files_only: bool,
 
     family = hub_family(repo_id, local_files_only=local_files_only)
     if family != SDXL:
-        return _from_pretrained(repo_id, family, cfg, options or TextEncoderOptions(), name=repo_id,
-                                local_files_only=local_files_only)
+        return _load_pipeline(repo_id, family, cfg, options or TextEncoderOptions(), name=repo_id,
+                              local_files_only=local_files_only)
 
     kwargs = dict(dtype=cfg.dtype, use_safetensors=True,
                   local_files_only=local_files_only, add_watermarker=False)
