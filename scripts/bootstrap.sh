@@ -42,8 +42,12 @@ if [ "uv==$have_uv" != "$uv_req" ] && ! pip install "$uv_req" 2>/dev/null; then
     echo "bootstrap: could not install $uv_req: installing with pip (slower)" >&2
 fi
 if [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' -f2 || true)" = "${uv_req#uv==}" ]; then
-    # uv does not read pip's configuration: hand it the local wheel folder pip would use.
-    install() { .venv/bin/uv pip install -q --python .venv/bin/python ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "$@"; }
+    # uv does not read pip's configuration: hand it the local wheel folder pip would use. It
+    # also does not compile bytecode unless asked, as pip does: without it every process
+    # compiles torch, transformers and diffusers again where PYTHONDONTWRITEBYTECODE is set
+    # (measured: importing them took 18 s instead of 6.4 s, and the suite 17 min instead of 10).
+    install() { .venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python \
+                    ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} "$@"; }
 else
     install() { pip install "$@"; }
 fi
