@@ -12,17 +12,15 @@ so a mistaken request leaves the loaded model in place.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable, NotFound
-from pixelmill.registry.models_dir import PICKLE_SUFFIXES, ModelKind, ModelRegistry, is_refiner_folder
+from pixelmill.registry.models_dir import HUB_ID, PICKLE_SUFFIXES, ModelKind, ModelRegistry, is_refiner_folder
 
 log = logging.getLogger(__name__)
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)

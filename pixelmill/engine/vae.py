@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from pixelmill.core.errors import GenerationFailed, ModelUnavailable
+from pixelmill.registry.models_dir import HUB_ID
 
 log = logging.getLogger(__name__)
 
 FP16_SAFE_NAME = re.compile(r"fp16[-_.]?(fix|safe)", re.IGNORECASE)
 """Folder or repository names of VAEs finetuned not to overflow in fp16."""
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from pixelmill.core.families import FLUX, SD3, SDXL, ModelFamily, family_for
-from pixelmill.registry.models_dir import PICKLE_SUFFIXES
+from pixelmill.registry.models_dir import HUB_ID, PICKLE_SUFFIXES
 
 _CLASS_PREFIXES = (("StableDiffusionXL", SDXL), ("Flux", FLUX), ("StableDiffusion3", SD3))
 _SD3_BLOCK = re.compile(r"(?:^|\.)joint_blocks\.(\d+)\.")
@@ -165,7 +165,7 @@ class FamilyResolver:
             stamp = _stamp(path)
             if stamp is not None:
                 return _cached(str(path.resolve()), stamp)
-        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model):
+        if HUB_ID.fullmatch(model):
             return detect_hub_cache(model)
         return None
 

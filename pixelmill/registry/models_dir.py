@@ -39,6 +39,7 @@ import enum
 import functools
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -49,6 +50,8 @@ from pixelmill.core.errors import InvalidRequest, NotFound
 from pixelmill.core.policy import NAME_PATTERN, check_name
 from pixelmill.registry.manifest import manifest_problem
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""A Hugging Face hub id (``owner/name``): how a model, VAE or base repo is named when it is not a path."""
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
 
 
