@@ -102,6 +102,14 @@ def wait(url: str, job_id: str, timeout: float = 20, statuses=("succeeded", "fai
     raise AssertionError(f"job {job_id} is still {job['status']} after {timeout} s")
 
 
+def wait_failed_to_load(server, timeout: float = 10) -> None:
+    """Until the gateway's local worker says its model failed to load."""
+    deadline = time.monotonic() + timeout
+    while server.services.workers[0].unavailable is None:
+        assert time.monotonic() < deadline, "the local worker never reported its failed load"
+        time.sleep(0.05)
+
+
 def row(server, job_id: str) -> dict:
     job = server.services.store.get(job_id)
     return {"route": job.route, "upstream_id": job.upstream_id, "upstream_cost": job.upstream_cost,
@@ -136,10 +144,7 @@ def test_upstream_only_model_passes_catalog_and_availability(tmp_path):
     with upstream(tmp_path) as up:
         toml = backends_toml(tmp_path, up, kind="replicate")
         with gateway(tmp_path, toml, backend=lambda _s, _r: LoadFailure()) as gw:
-            deadline = time.monotonic() + 10
-            while gw.services.workers[0].unavailable is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_failed_to_load(gw)
             submit(gw.url, None, expect=503)
             submit(gw.url, "no-such-model", expect=404)
             hosted = submit(gw.url, "cloud-model")
@@ -168,10 +173,7 @@ overflow_wait_s = 1
             assert wait(gw.url, second["id"])["status"] == "succeeded"
             httpx.post(f"{gw.url}/v1/jobs/{first['id']}/cancel", timeout=10)
         with gateway(tmp_path, toml, backend=lambda _s, _r: LoadFailure(), name="dead", model_aliases=[]) as gw:
-            deadline = time.monotonic() + 10
-            while gw.services.workers[0].unavailable is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            wait_failed_to_load(gw)
             spilled = submit(gw.url, "shared-model")  # no 503: the upstream takes it
             assert row(gw, spilled["id"])["route"] == "hosted"
             assert wait(gw.url, spilled["id"])["status"] == "succeeded"
