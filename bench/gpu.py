@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.machine import append_section
+
 PUBLISHED = [
     ("A100, fp16 + SDPA (diffusers guide)", 3.3),
     ("A100, + torch.compile", 2.5),
@@ -346,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(rows, name, args, paired_lora(args) if args.paired_lora else [])
     print(text)
     if args.out is not None:
-        with args.out.open("a") as out:
-            out.write(f"\n## bench.gpu — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{text}\n")
+        append_section(args.out, "bench.gpu", text)
     return 0
 
 

@@ -107,3 +107,9 @@ def wait_until_quiet(threshold: float, max_wait_s: float, step_s: float = 60.0) 
         print(f"  load average {loadavg()} > {threshold}: waiting {step_s:.0f} s", flush=True)
         time.sleep(step_s)
     return True
+
+
+def append_section(path: Path, name: str, text: str) -> None:
+    """Append ``text`` to ``path`` (e.g. bench/RESULTS.md) under a ``## name — date`` heading."""
+    with path.open("a") as out:
+        out.write(f"\n## {name} — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{text}\n")

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.gpu import lock_versions
+from bench.machine import append_section
 from bench.stats import median, percentile, ratio
 
 SIZES = (64, 96, 128)
@@ -340,8 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not recorded: the load average rose to {guard.highest:.2f} (limit {args.max_load})", file=sys.stderr)
         return 3
     if args.out is not None:
-        with args.out.open("a") as out:
-            out.write(f"\n## bench.openloop — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n{text}\n")
+        append_section(args.out, "bench.openloop", text)
     return 0
 
 
