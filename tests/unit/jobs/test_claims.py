@@ -53,9 +53,21 @@ def test_concurrent_claims_never_double_claim(store: JobStore, db_url: str, sepa
     for each in stores:
         each.count(JobStatus.queued)  # connect before the race, so it starts together
 
+    inside, most_inside, lock = [0], [0], threading.Lock()
+
+    def claim(i: int):
+        with lock:
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+        try:
+            return stores[i].claim(f"w{i}", lease_s=60, limit=1 + i % 3)
+        finally:
+            with lock:
+                inside[0] -= 1
+
     def claim_all(i: int) -> list[str]:
         mine = []
-        while batch := stores[i].claim(f"w{i}", lease_s=60, limit=1 + i % 3):
+        while batch := claim(i):
             mine += [job.id for job in batch]
             time.sleep(0.001)  # "work": gives the other claimers a turn
         return mine
@@ -69,8 +81,9 @@ def test_concurrent_claims_never_double_claim(store: JobStore, db_url: str, sepa
     assert len(claimed) == JOBS and set(claimed.values()) == {1}
     running = store.list_jobs(status=JobStatus.running, limit=JOBS)[0]
     assert len(running) == JOBS and all(job.attempt == 1 for job in running)
-    # Every claimer that started early enough got work (the race really was a race).
-    assert sum(1 for ids in results if ids) >= 2
+    # The race really was a race: claims overlapped. (Who wins is the database's choice;
+    # SQLite's writer lock may let one claimer win every round, which is fair enough.)
+    assert most_inside[0] >= 2
 
 
 def test_concurrent_reapers_and_claimers(store: JobStore):
