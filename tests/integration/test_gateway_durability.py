@@ -66,6 +66,13 @@ def wait_upstream_id(url: str, db: Path, job_id: str, timeout: float = 15) -> st
     raise AssertionError(f"job {job_id} never got an upstream id")
 
 
+def wait_created(up, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while created_upstream(up) < 1:
+        assert time.monotonic() < deadline, "the upstream never received the job"
+        time.sleep(0.05)
+
+
 def test_upstream_killed_mid_job_fails_clearly_and_never_duplicates(tmp_path):
     with upstream_process(tmp_path, step_s=0.2) as up:
         toml = backends_toml(tmp_path, up, kind="replicate")
@@ -94,6 +101,9 @@ def test_gateway_killed_mid_job_resumes_the_same_upstream_id(tmp_path, kind):
         try:
             job = submit(first.url, "cloud-model", steps=60)  # about 3 s upstream
             upstream_id = wait_upstream_id(first.url, db, job["id"])
+            # The OpenAI kind commits its marker *before* sending: wait until the request is
+            # in the upstream's hands, so the kill lands mid-call (not between marker and send).
+            wait_created(up)
             first.kill()  # SIGKILL mid-job: the lease runs out, nothing was released
         finally:
             first.stop()
