@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     """With ``--compile``: shapes ``BATCHxWIDTHxHEIGHT`` (e.g. ``1x1024x1024``) compiled and
     warmed at start; a batch is padded up to the smallest bucket that holds it. Unset: the
     model's native size at batch 1."""
+    cuda_graphs: bool = False
+    """With ``--compile`` on CUDA: replay the compiled UNet and VAE decoder as CUDA graphs
+    (less launch overhead per step; one recorded graph, with its buffers, per shape: list
+    the shapes you serve in ``--compile-buckets``). Not with ``--offload``."""
     png_compress_level: int = Field(1, ge=0, le=9)
     """zlib level of PNG outputs: 1 is 1.3-2x faster than 6 for about 9 % more bytes on a
     1024² photo-like image (bench/RESULTS.md); 0 stores uncompressed (1.5x the bytes)."""

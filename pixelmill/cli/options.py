@@ -38,7 +38,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                "lora_cache_size", "lora_cache_mb", "lora_max_rank", "controlnet_cache_size"),
     "Model families": ("model_profiles", "text_encoder_precision", "text_encoder_quantization"),
     "Device": ("device", "offload", "vae_tiling", "vae_slicing", "compile", "precision", "vae",
-               "vae_tile_above_pixels", "compile_buckets", "png_compress_level", "encode_threads"),
+               "vae_tile_above_pixels", "compile_buckets", "cuda_graphs", "png_compress_level", "encode_threads"),
     "Queue": ("workers", "max_queued", "sync_timeout_s"),
     "Workers": ("worker_id", "lease_s", "heartbeat_s", "progress_interval_s", "poll_interval_s", "max_attempts",
                 "max_batch_size", "max_batch_wait_ms", "preview_steps"),

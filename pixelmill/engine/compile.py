@@ -151,6 +151,8 @@ def warm_up(pipe: Any, buckets: Iterable[Bucket], *, decode=None, guidance: floa
         # no_grad, as diffusers' own __call__ uses: a graph compiled under inference_mode has
         # other dispatch keys, and the first real request would compile all over again.
         with torch.no_grad():
+            # A new generation for CUDA graph trees (--cuda-graphs); a counter bump otherwise.
+            torch.compiler.cudagraph_mark_step_begin()
             result = pipe(prompt=["warmup"] * batch, num_inference_steps=2, width=width, height=height,
                           guidance_scale=guidance, output_type="latent" if decode else "np",
                           generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)])

@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 
 Offload = Literal["none", "model", "sequential"]
 
-# "reduce-overhead" uses CUDA graphs, which pin one static buffer set per input shape
-# (every width x height x batch a server sees) and break when LoRA weights are swapped
-# between calls; autotuned kernels without graphs give most of the speed-up safely.
+# Without --cuda-graphs: autotuned kernels, no graphs. A CUDA graph keeps one static buffer
+# set per shape it records (memory per bucket), so it is opt-in, for servers whose shapes
+# are listed in --compile-buckets; LoRA hot-swap copies weights in place (same addresses),
+# which graphs need.
 COMPILE_MODE = "max-autotune-no-cudagraphs"
+CUDA_GRAPHS_MODE = "max-autotune"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class DeviceConfig:
     """``(batch, width, height)`` shapes compiled at start (see :mod:`pixelmill.engine.compile`)."""
     lora_max_rank: int = 128
     """Rank of the LoRA hot-swap slots of a compiled UNet (see :attr:`lora_hotswap`)."""
+    cuda_graphs: bool = False
+    """With ``compile`` on CUDA: replay the compiled UNet and VAE decoder as CUDA graphs."""
     _compile_backend: str | None = field(default=None, repr=False)
     """Tests only: a ``torch.compile`` backend such as ``"eager"`` (dynamo tracing without
     inductor, cheap on CPU). ``None``, the production value, compiles with ``COMPILE_MODE``."""
@@ -71,6 +75,11 @@ class DeviceConfig:
     @property
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
+
+    @property
+    def compile_mode(self) -> str:
+        """The ``torch.compile`` mode: with CUDA graphs only where they apply (CUDA)."""
+        return CUDA_GRAPHS_MODE if self.cuda_graphs and self.is_cuda else COMPILE_MODE
 
     @property
     def half(self) -> bool:
@@ -103,22 +112,37 @@ def select_device(
     vae_fp16_safe: bool = False,
     vae_tile_above_pixels: int = 1536 * 1536,
     compile_buckets: tuple[tuple[int, int, int], ...] = (),
+    cuda_graphs: bool = False,
 ) -> DeviceConfig:
     """Resolve a device preference into a :class:`DeviceConfig`.
 
     ``auto`` picks CUDA, then MPS, then CPU. An explicit device that is not available
     raises :class:`~pixelmill.core.errors.ModelUnavailable`, as does ``precision="bf16"``
-    on a GPU without bf16.
+    on a GPU without bf16, and ``cuda_graphs`` without ``compile`` or with offload (hooks
+    move weights between calls; a graph replays fixed addresses).
     """
     device = _resolve_device(preference.strip().lower())
     bf16 = device.startswith("cuda") and _bf16_capable(device)
     dtype = pick_dtype(device, precision, bf16=bf16)
     if offload not in ("none", "model", "sequential"):
         raise ModelUnavailable(f"unknown offload mode {offload!r}; use none, model or sequential")
+    if cuda_graphs:
+        _check_cuda_graphs(device, compile=compile, offload=offload)
     return DeviceConfig(device=device, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
                         vae_slicing=vae_slicing, compile=compile, vae_path=vae_path,
                         lora_max_rank=lora_max_rank, vae_fp16_safe=vae_fp16_safe, bf16=bf16,
-                        vae_tile_above_pixels=vae_tile_above_pixels, compile_buckets=compile_buckets)
+                        vae_tile_above_pixels=vae_tile_above_pixels, compile_buckets=compile_buckets,
+                        cuda_graphs=cuda_graphs)
+
+
+def _check_cuda_graphs(device: str, *, compile: bool, offload: str) -> None:
+    if not compile:
+        raise ModelUnavailable("cuda_graphs: CUDA graphs replay compiled kernels; turn on --compile too")
+    if offload != "none":
+        raise ModelUnavailable(f"cuda_graphs: not with --offload {offload} (offload moves weights between "
+                               "calls; a CUDA graph replays fixed addresses); use one or the other")
+    if not device.startswith("cuda"):
+        log.warning("cuda_graphs: no effect on %s (CUDA only); compiling without graphs", device)
 
 
 def pick_dtype(device: str, precision: str, *, bf16: bool) -> torch.dtype:
@@ -353,14 +377,21 @@ def _compile_unet(pipe: Any, cfg: DeviceConfig) -> None:
     if cfg._compile_backend is not None:  # tests: trace with dynamo, skip inductor
         pipe.unet.compile(backend=cfg._compile_backend, fullgraph=False)
         if _decodes_latents(pipe):
-            compile_decoder(pipe.vae, mode=COMPILE_MODE, backend=cfg._compile_backend)
+            compile_decoder(pipe.vae, mode=cfg.compile_mode, backend=cfg._compile_backend)
         return
     configure_inductor()
     # dynamic=False: every shape is a bucket warmed at start (engine/compile.py), so a
     # static graph per bucket beats one symbolic graph, and no request meets a new shape.
-    pipe.unet.compile(mode=COMPILE_MODE, fullgraph=False, dynamic=False)
+    pipe.unet.compile(mode=cfg.compile_mode, fullgraph=False, dynamic=False)
     if _decodes_latents(pipe):
-        compile_decoder(pipe.vae, mode=COMPILE_MODE)
+        compile_decoder(pipe.vae, mode=cfg.compile_mode)
+
+
+def begin_graph_step(cfg: DeviceConfig) -> None:
+    """Tell CUDA graph trees a new generation starts: the previous call's graph outputs
+    (already copied out) may be overwritten. No-op without CUDA graphs."""
+    if cfg.compile and cfg.compile_mode == CUDA_GRAPHS_MODE:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def free_memory(cfg: DeviceConfig) -> None:

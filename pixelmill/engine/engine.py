@@ -81,6 +81,7 @@ class Engine:
             vae_fp16_safe=vae is not None and vae.fp16_safe,
             vae_tile_above_pixels=settings.vae_tile_above_pixels,
             compile_buckets=parse_buckets(settings.compile_buckets),
+            cuda_graphs=settings.cuda_graphs,
         )
         # PNG/JPEG/WebP encoders release the GIL: a batch's images encode in parallel.
         self._encoder = ThreadPoolExecutor(max_workers=settings.encode_threads,

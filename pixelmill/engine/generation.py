@@ -23,7 +23,7 @@ from PIL import Image
 
 from pixelmill.core.types import SEED_SPACE, GenerationRequest, Mode, resolve_seed
 from pixelmill.engine import vae
-from pixelmill.engine.device import nan_guard
+from pixelmill.engine.device import begin_graph_step, nan_guard
 from pixelmill.engine.preview import PreviewHook
 from pixelmill.images.codecs import open_png
 from pixelmill.images.masks import blur_mask, is_outpaint, outpaint_canvas, paste_back
@@ -136,6 +136,7 @@ def run_batch(pipes, requests: list[GenerationRequest], *, on_progress=None, is_
     inputs = [_mode_inputs(r, width, height) for r in requests]
     pipe, control_kwargs, control_images = _pipeline_for(pipes, head, width, height, extras)
     progress_total = _progress_total(head)
+    begin_graph_step(pipes.cfg)
     with use_scheduler(pipe, head.scheduler):
         result = _call(pipe, requests, width, height, seeds, inputs,
                        _step_callback(on_progress, is_canceled, total=progress_total, preview=preview),

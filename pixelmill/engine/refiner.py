@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelmill.engine.device import COMPILE_MODE, DeviceConfig, apply_placement, free_memory
+from pixelmill.engine.device import DeviceConfig, apply_placement, free_memory
 from pixelmill.engine.schedulers import make_scheduler, use_scheduler
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PixelmillError
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry
@@ -179,7 +179,7 @@ def _prepare_unet(unet: Any, cfg: DeviceConfig) -> None:
         with contextlib.suppress(Exception):  # architectures diffusers cannot fuse run unfused
             unet.fuse_qkv_projections()
     if cfg.compile and cfg.offload != "sequential":
-        unet.compile(mode=COMPILE_MODE, fullgraph=False)
+        unet.compile(mode=cfg.compile_mode, fullgraph=False)
 
 
 # --- cache -------------------------------------------------------------------------------

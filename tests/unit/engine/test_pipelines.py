@@ -233,6 +233,30 @@ def test_compile_uses_in_place_module_compile(pipes, monkeypatch):
                      ("Decoder", {"mode": device.COMPILE_MODE, "fullgraph": False, "dynamic": False})]
 
 
+def test_cuda_graphs_compile_with_graphs_on_cuda_only(pipes, monkeypatch):
+    from dataclasses import replace
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(kw["mode"]))
+    cpu = select_device("cpu", compile=True, cuda_graphs=True)  # accepted, logged, no graphs
+    assert cpu.compile_mode == device.COMPILE_MODE
+    # The compile step alone, as a CUDA config would run it (no GPU here to place weights on).
+    device._compile_unet(pipes.base, replace(cpu, device="cuda"))
+    assert calls == [device.CUDA_GRAPHS_MODE, device.CUDA_GRAPHS_MODE]  # UNet and VAE decoder
+    calls.clear()
+    device._compile_unet(pipes.base, replace(cpu, device="cuda", cuda_graphs=False))
+    assert calls == [device.COMPILE_MODE, device.COMPILE_MODE]
+
+
+@pytest.mark.parametrize(("kwargs", "reason"), [
+    ({}, "turn on --compile"),
+    ({"compile": True, "offload": "model"}, "not with --offload model"),
+])
+def test_cuda_graphs_without_compile_or_with_offload_is_refused(kwargs, reason):
+    with pytest.raises(ModelUnavailable, match=reason):
+        select_device("cpu", cuda_graphs=True, **kwargs)
+
+
 def test_warmup_runs_a_tiny_generation(pipes):
     from pixelmill.engine.compile import warm_up
 
