@@ -30,6 +30,9 @@ only. How each kind of failure ends a job:
 * storing the results fails (the worker's fault, not the jobs'): the batch goes back to
   the queue with its attempt counted (``storage_error`` once attempts run out) and the
   worker is degraded until it can store again (see :mod:`pixelmill.jobs.supervisor`).
+
+Storing a batch overlaps claiming and running the next one, one batch stored at a time,
+its leases renewed until it is stored (see :mod:`pixelmill.jobs.storing`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ from pixelmill.jobs.events import JobEvents
 from pixelmill.jobs.notify import Notifier, idle_until_work
 from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
 from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
-from pixelmill.jobs.store import Completion, JobStore
+from pixelmill.jobs.store import JobStore
+from pixelmill.jobs.storing import PendingStore, StoreFault, stop_task, store_outcome
 from pixelmill.jobs.supervisor import (Backoff, WorkerFault, WorkerHealth, WorkerState, describe_fault, stop_within,
                                        supervise)
 from pixelmill.settings import Settings
@@ -95,7 +99,9 @@ class Worker:
         self.id = worker_id or settings.worker_id or default_worker_id()
         notifier.add_worker(self.id)  # its waiters here need not poll the store
         self._stop = asyncio.Event()
-        self._current: Batch | None = None
+        self._current: Batch | None = None  # the batch generating now
+        self._aborted = False
+        self._pending = PendingStore(on_fault=self._interrupt_current)  # the batch being stored
         self._reap = ReapClock(settings)
         self._arrivals = Arrivals(gap_s=settings.max_batch_wait_ms / 1000 * SEQUENTIAL_GAP_FACTOR)
         self.caps = BatchCaps(settings.max_batch_size)  # lowered per batch key by running out of memory
@@ -129,13 +135,19 @@ class Worker:
             return
         self.health.set(WorkerState.ready)
         log.info("worker %s: ready", self.id)
-        while not self._stop.is_set():
-            await self._reap_if_due()
-            jobs = await self._claim_batch()
-            if jobs:
-                await self._execute(jobs)
-            else:
-                await self._idle()
+        try:
+            while not self._stop.is_set():
+                await self._reap_if_due()
+                jobs = await self._claim_batch()
+                if jobs:
+                    await self._execute(jobs)
+                else:
+                    await self._pending.settle()  # an idle worker has nothing left to store
+                    await self._idle()
+        except BaseException:
+            await self._pending.settle_quietly()  # never hides the fault (or cancel) on its way out
+            raise
+        await self._pending.settle()
 
     async def check(self) -> None:
         """Raise unless this worker can work: the store answers and results can be stored.
@@ -202,8 +214,13 @@ class Worker:
         self.notifier.work_available()
 
     def abort(self) -> None:
-        """Stop now: the running job is interrupted at its next step and released to the queue."""
+        """Stop now: the running job is interrupted at its next step and released to the queue
+        (a batch already generated and being stored still finishes storing)."""
         self.stop()
+        self._aborted = True  # also for a batch claimed meanwhile, not yet running
+        self._interrupt_current()
+
+    def _interrupt_current(self) -> None:
         if self._current is not None:
             self._current.token.cancel()
 
@@ -213,26 +230,58 @@ class Worker:
 
     # ------------------------------------------------------------- one batch
     async def _execute(self, jobs: list[JobRecord]) -> None:
+        """Run one batch, then leave its outcome storing in the background (see :mod:`storing`)."""
         batch = Batch([Run(job) for job in jobs])
         self._current = batch
+        if self._aborted or self._pending.failed:
+            batch.token.cancel()  # the worker is aborting, or cannot store: give the batch back unrun
         self.events.batch_started(jobs)  # metrics, and the batch's job ids on this task's log lines
         for job in jobs:
             self.notifier.job_changed(job.id)
             self.events.started(job)
-        heartbeat = asyncio.create_task(self._heartbeat(batch))
+        held = list(batch.runs)  # whose leases the heartbeat renews: narrowed once generated
+        heartbeat = asyncio.create_task(self._heartbeat(batch, held))
+        done = None
         try:
-            finished = await self._generate(batch)
+            try:
+                done = await self._generate(batch)
+            finally:
+                self._current = None
+            # The others are settled: beating them would read as a lost lease (no events).
+            held[:] = [run for run, _ in done]
+            await self._pending.settle()  # at most one batch is being stored at a time
+        except StoreFault as fault:
+            # The previous batch could not be stored (it is back in the queue): neither can
+            # this one. Its jobs go back unstored, their attempt not counted.
+            await stop_task(heartbeat)
+            await self._give_back(batch, str(fault), batch.runs if done is None else [run for run, _ in done])
+            raise
         except Exception as exc:
             # Storing the outcome failed: the worker's fault, not the jobs'. They go back to
             # the queue (attempt counted) and the supervisor degrades this worker.
+            await stop_task(heartbeat)
             reason = describe_fault(exc, "storing results failed")
             await self._give_back(batch, reason)
             raise WorkerFault(reason) from exc
-        finally:
+        except BaseException:  # canceled: the leases run out and another worker runs the jobs
             heartbeat.cancel()
-            self._current = None
-        self._backoff.reset()  # a batch went through: the next fault starts the backoff over
-        await self._announce(batch, finished)
+            raise
+        self._pending.start(self._store(batch, done, heartbeat))
+
+    async def _store(self, batch: Batch, done: list[tuple[Run, JobResult]], heartbeat: asyncio.Task) -> None:
+        """Store a generated batch's outcome (in the background), then announce it; a fault
+        gives the batch back and raises :class:`StoreFault`."""
+        try:
+            try:
+                finished = await store_outcome(self.store, self.results, self.id, done)
+            finally:
+                await stop_task(heartbeat)  # its leases were renewed until the outcome was stored
+            self._backoff.reset()  # a batch went through: the next fault starts the backoff over
+            await self._announce(batch, finished)
+        except Exception as exc:
+            reason = describe_fault(exc, "storing results failed")
+            await self._give_back(batch, reason)  # a no-op for jobs already completed (stale)
+            raise StoreFault(reason) from exc
 
     async def _announce(self, batch: Batch, finished: dict[str, JobRecord]) -> None:
         for run in batch.runs:
@@ -245,41 +294,46 @@ class Worker:
             if final.status.terminal:
                 self.events.completed(final)
 
-    async def _give_back(self, batch: Batch, reason: str) -> None:
-        """Requeue a faulted batch's jobs (attempt counted; ``storage_error`` when none are left)."""
+    async def _give_back(self, batch: Batch, reason: str, release: list[Run] | None = None) -> None:
+        """Requeue a faulted batch's jobs (attempt counted; ``storage_error`` when none are left),
+        or only release its runs ``release`` (attempt not counted: another batch faulted)."""
         log.error("jobs %s: %s; back to the queue", [run.job.id for run in batch.runs], reason)
         try:
             await asyncio.gather(*(
                 self._guarded("fail", run, code="storage_error", message=reason, retry=True)
                 for run in batch.runs if not run.lease_lost
-            ))
+            ) if release is None else (self._interrupted(run) for run in release))
             await self._announce(batch, {})
         except Exception:  # the store is unreachable too: the leases run out and the reaper requeues
             log.exception("jobs %s: could not give the batch back", [run.job.id for run in batch.runs])
 
-    async def _generate(self, batch: Batch, runs: list[Run] | None = None) -> dict[str, JobRecord]:
-        """Run the batch (or the part ``runs`` of it) and store its outcome; returns the jobs
-        it completed, as stored. A part that runs out of memory is run again in halves."""
+    async def _generate(self, batch: Batch, runs: list[Run] | None = None) -> list[tuple[Run, JobResult]]:
+        """Run the batch (or the part ``runs`` of it); returns the results still to store (the
+        other jobs are settled). A part that runs out of memory is run again in halves."""
         runs = batch.runs if runs is None else runs
         requests = [run.job.request for run in runs]
         try:
+            if batch.token.canceled:
+                raise GenerationCanceled("stopped before it ran")
             results = await self.backend.generate_batch(requests, on_progress=batch.progress_for(runs),
                                                         cancel=batch.token)
             blank = await asyncio.to_thread(lambda: [blank_output_reason(result) for result in results])
         except GenerationCanceled:
             await asyncio.gather(*(self._interrupted(run) for run in runs))
-            return {}
+            return []
         except PixelmillError as exc:
             retry = isinstance(exc, GenerationFailed) and exc.code in RETRYABLE_CODES
             if exc.code == "out_of_memory" and (halves := self.caps.split(runs)):
-                first = await self._generate(batch, halves[0])  # its files are stored before the next runs
-                return first | await self._generate(batch, halves[1])
+                first = await self._generate(batch, halves[0])
+                await self._pending.settle()
+                await store_outcome(self.store, self.results, self.id, first)  # stored before the next half runs
+                return await self._generate(batch, halves[1])
             await self._fail_all(runs, exc.code, exc.message, retry=retry)
-            return {}
+            return []
         except Exception as exc:  # the backend crashed mid-job: another attempt may fare better
             log.exception("jobs %s: the backend crashed", [r.job.id for r in runs])
             await self._fail_all(runs, "backend_error", describe_fault(exc, "the backend crashed"), retry=True)
-            return {}
+            return []
         done = []
         for run, result, reason in zip(runs, results, blank):
             if run.cancel_requested:
@@ -290,7 +344,7 @@ class Worker:
                 await self._guarded("fail", run, code=INVALID_OUTPUT, message=reason)
             elif not run.lease_lost:
                 done.append((run, result))
-        return await self._complete(done)
+        return done
 
     async def _fail_all(self, runs: list[Run], code: str, message: str, *, retry: bool) -> None:
         log.warning("jobs %s failed (%s): %s", [r.job.id for r in runs], code, message)
@@ -299,39 +353,13 @@ class Worker:
             for run in runs if not run.lease_lost
         ))
 
-    async def _complete(self, done: list[tuple[Run, JobResult]]) -> dict[str, JobRecord]:
-        """Store the images of a batch's finished jobs, then complete the jobs.
-
-        Two writes for the whole batch (its files, then one transaction for its jobs),
-        not two per job: the clients of every job in the batch wait for the last one.
-        """
-        if not done:
-            return {}
-        files = [(image.data, image.media_type)
-                 for _, result in done for image in (*result.images, *result.control_images)]
-        ids = iter(await asyncio.to_thread(self.results.put_many, files))
-        completions = []
-        for run, result in done:
-            result_ids = [next(ids) for _ in result.images]
-            control_ids = [next(ids) for _ in result.control_images]
-            completions.append(Completion(
-                run.job.id, run.job.attempt, result_ids, [image.seed for image in result.images],
-                result.gpu_seconds, result.sampler, result.width, result.height, result.model, control_ids,
-            ))
-        stored = await asyncio.to_thread(self.store.complete_batch, self.id, completions)
-        for run, _ in done:
-            if stored[run.job.id] is None:
-                log.warning("job %s: attempt %d is stale; its results were discarded", run.job.id, run.job.attempt)
-                run.lease_lost = True  # another attempt owns the job now
-        return {job_id: job for job_id, job in stored.items() if job is not None}
-
     async def _interrupted(self, run: Run) -> None:
         if run.lease_lost:
             return  # another attempt owns the job now; write nothing
         if run.cancel_requested:
             await self._guarded("mark_canceled", run)
         else:
-            log.info("job %s: released back to the queue (worker stopping)", run.job.id)
+            log.info("job %s: released back to the queue unfinished", run.job.id)
             await self._guarded("release", run)
 
     async def _guarded(self, method: str, run: Run, **kwargs) -> bool:
@@ -342,22 +370,22 @@ class Worker:
             log.warning("job %s: attempt %d is stale; its %s was discarded", job.id, job.attempt, method)
         return applied
 
-    async def _heartbeat(self, batch: Batch) -> None:
+    async def _heartbeat(self, batch: Batch, held: list[Run]) -> None:
         while True:
             try:
                 await asyncio.wait_for(batch.changed.wait(), self.settings.heartbeat_s)
             except TimeoutError:
                 pass
             batch.changed.clear()
-            await self._beat(batch)
+            await self._beat(batch, held)
             if not any(run.active for run in batch.runs):
                 batch.token.cancel()  # every job of the batch is canceled or lost: stop now
             await asyncio.sleep(self.settings.progress_interval_s)  # bounds store writes per job
 
-    async def _beat(self, batch: Batch) -> None:
-        """Renew the batch's leases and store its progress in one transaction, and learn
-        which of its jobs were canceled or lost."""
-        held, progress = [run for run in batch.runs if not run.lease_lost], batch.progress
+    async def _beat(self, batch: Batch, runs: list[Run]) -> None:
+        """Renew the leases of the batch's ``runs`` and store its progress in one transaction,
+        and learn which of its jobs were canceled or lost."""
+        held, progress = [run for run in runs if not run.lease_lost], batch.progress
         if not held:
             return
         try:
