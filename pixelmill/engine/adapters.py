@@ -23,7 +23,6 @@ without LoRAs down for good.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import warnings
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixelmill.core.types import LoraSpec
+from pixelmill.engine.device import collect_garbage
 from pixelmill.engine.hotswap import NotHotswappable, UnetLora, UnetSlots
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry
@@ -326,4 +326,4 @@ class LoraCache:
                 self._delete(name)
         self._enabled = False
         self._fusion.use(True)
-        gc.collect()
+        collect_garbage()

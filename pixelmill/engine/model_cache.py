@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pixelmill.engine.device import free_memory
+from pixelmill.engine.device import one_collection
 from pixelmill.engine.models import ModelSource, check_base_source
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,9 @@ class ModelCache:
         model = self._models.pop(source, None)
         if model is None:
             return
-        cfg = model.pipes.cfg
-        model.close()
-        del model
-        free_memory(cfg)
+        with one_collection(model.pipes.cfg):  # its parts' closes would each collect
+            model.close()
+            del model
         log.info("model %s unloaded", source.name)
 
     def close(self) -> None:

@@ -9,7 +9,6 @@ objects). Derived pipelines are created lazily, once, and cached.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from pixelmill.core.types import Mode
-from pixelmill.engine.device import DeviceConfig, apply_placement
+from pixelmill.engine.device import DeviceConfig, apply_placement, free_memory
 from pixelmill.core.errors import GenerationFailed
 
 log = logging.getLogger(__name__)
@@ -139,9 +138,7 @@ class PipelineSet:
         self._base = None
         self._offload_owner = None
         del pipes
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory(self.cfg)
 
 
 def _module_dtypes(pipe: Any) -> dict[str, torch.dtype]:

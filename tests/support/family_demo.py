@@ -34,15 +34,22 @@ def family_settings(models: Path, data: Path, **overrides):
                        | overrides))
 
 
-@pytest.fixture(scope="module")
-def family_engine(family_models, tmp_path_factory):
+def started_engine(models: Path, data: Path, **overrides):
     """A started CPU engine over the family demos (default model: demo-flux-schnell)."""
     from pixelmill.engine.engine import Engine
     from pixelmill.registry.models_dir import ModelRegistry
 
-    settings = family_settings(family_models, tmp_path_factory.mktemp("data"))
+    settings = family_settings(models, data, **overrides)
     engine = Engine(settings, ModelRegistry(settings.models_dir))
     engine.start()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def family_engine(family_models, tmp_path_factory):
+    """A started CPU engine over the family demos that keeps every demo loaded (a 1 GB
+    budget; they are a few MB): the tests alternate models, and a switch costs a load."""
+    engine = started_engine(family_models, tmp_path_factory.mktemp("data"), model_cache_gb=1.0)
     yield engine
     engine.unload()
 

@@ -14,7 +14,7 @@ import pytest
 from pixelmill.core.errors import GenerationCanceled, InvalidRequest
 from pixelmill.core.types import LoraSpec, Mode
 from pixelmill.images.codecs import reencode_png
-from tests.support.family_demo import family_engine, family_models, family_request  # noqa: F401
+from tests.support.family_demo import family_engine, family_models, family_request, started_engine  # noqa: F401
 from tests.support.images import assert_same_image, decode, gradient, pixels
 from tests.support.memory import live_parameters
 
@@ -114,21 +114,25 @@ def test_the_engine_refuses_what_a_stored_request_asks_of_the_wrong_family(famil
     assert caught.value.param == "negative_prompt"
 
 
-def test_switching_families_frees_the_previous_model(family_engine):
+def test_switching_families_frees_the_previous_model(family_models, tmp_path):
     """Default budget (0): one model loaded at a time; another SDXL -> FLUX -> SD3 round
     leaves the number of live parameters where the first round left it (any per-switch
     leak adds parameters, so one more round shows it; more rounds only cost loads)."""
+    engine = started_engine(family_models, tmp_path)
     cycle = ["demo", "demo-flux-schnell", "demo-sd3"]
 
     def round_trip():
         for model in cycle:
-            family_engine.generate(family_request(model, steps=1))
-            assert family_engine.loaded_models == [model]
+            engine.generate(family_request(model, steps=1))
+            assert engine.loaded_models == [model]
 
-    round_trip()
-    after_one = live_parameters()
-    round_trip()
-    assert live_parameters() == after_one
+    try:
+        round_trip()
+        after_one = live_parameters()
+        round_trip()
+        assert live_parameters() == after_one
+    finally:
+        engine.unload()
 
 
 def test_t5_quantization_without_cuda_or_bitsandbytes_names_the_setting(family_models):
