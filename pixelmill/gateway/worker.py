@@ -26,7 +26,7 @@ from pixelmill.core.types import JobRecord
 from pixelmill.gateway.clients import OpenAIClient, ReplicateClient, UpstreamError, client_for
 from pixelmill.gateway.config import Backend
 from pixelmill.jobs.events import JobEvents
-from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.notify import Notifier, wait_event
 from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.jobs.notify import idle_until_work
 from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
@@ -210,11 +210,10 @@ class UpstreamWorker:
                 await client.cancel(upstream_id)
                 raise client.error("upstream_timeout", f"prediction {upstream_id} did not finish in "
                                    f"{self.backend.max_wait_s:g} s; it was canceled upstream")
-            try:
-                await asyncio.wait_for(held.cancel.wait() if not cancel_sent else asyncio.sleep(3600),
-                                       self.backend.poll_interval_s)
-            except TimeoutError:
-                pass
+            if cancel_sent:
+                await asyncio.sleep(self.backend.poll_interval_s)
+            else:
+                await wait_event(held.cancel, self.backend.poll_interval_s)
 
     async def _synchronous(self, held: _Held, client: OpenAIClient) -> None:
         job = held.job

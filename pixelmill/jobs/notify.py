@@ -19,6 +19,23 @@ from contextlib import contextmanager
 from pixelmill.core.types import JobRecord, JobStatus
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False).
+
+    Unlike ``asyncio.wait_for`` on Python 3.10/3.11, never loses a cancellation: there,
+    a task canceled at the moment the event is set gets the result instead of the
+    ``CancelledError``, and a loop around it (a heartbeat) runs on after being stopped.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()  # a no-op once it is done
+    return bool(done)
+
+
 class JobNews:
     """News of one job since the last :meth:`wait` (see :meth:`Notifier.listen`)."""
 
@@ -28,10 +45,7 @@ class JobNews:
     async def wait(self, timeout: float) -> None:
         """Return at once if there was news since the last call, else at the next news
         or after ``timeout`` seconds (then poll the store)."""
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except TimeoutError:
-            pass
+        await wait_event(self.event, timeout)
         self.event.clear()
 
 
@@ -89,10 +103,7 @@ class Notifier:
 
     async def wait_work(self, timeout: float) -> None:
         """Return when work was queued in this process, or after ``timeout`` seconds."""
-        try:
-            await asyncio.wait_for(self._work.wait(), timeout)
-        except TimeoutError:
-            pass
+        await wait_event(self._work, timeout)
         self._work.clear()
 
 

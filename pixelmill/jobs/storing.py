@@ -61,11 +61,14 @@ async def store_outcome(store: JobStore, results, worker_id: str,
 
 
 async def stop_task(task: asyncio.Task | None) -> None:
-    """Cancel ``task`` and wait until it has ended, whatever it ended with."""
-    if task is None:
-        return
-    task.cancel()
-    await asyncio.wait([task])
+    """Cancel ``task`` and wait until it has ended, whatever it ended with.
+
+    Cancels again while it runs on: a library wait that swallowed the cancellation (as
+    ``asyncio.wait_for`` can on Python 3.10/3.11) must not leave this waiting forever.
+    """
+    while task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
 
 
 class PendingStore:

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from pixelmill.jobs.notify import wait_event
+
 log = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.5
@@ -121,11 +123,8 @@ async def _recover(
     """Wait and check until the check passes (True) or the worker is stopping (False)."""
     while True:
         delay = backoff.next()
-        try:
-            await asyncio.wait_for(stopping.wait(), delay)
+        if await wait_event(stopping, delay):
             return False
-        except TimeoutError:
-            pass
         try:
             await check()
         except Exception as exc:

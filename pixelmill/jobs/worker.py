@@ -49,7 +49,7 @@ from pixelmill.core.errors import GenerationCanceled, GenerationFailed, ModelUna
 from pixelmill.core.types import JobRecord, JobResult, JobStatus
 from pixelmill.jobs.batches import Batch, BatchCaps, Run
 from pixelmill.jobs.events import JobEvents
-from pixelmill.jobs.notify import Notifier, idle_until_work
+from pixelmill.jobs.notify import Notifier, idle_until_work, wait_event
 from pixelmill.jobs.reaping import ReapClock, reap_expired_jobs
 from pixelmill.jobs.outputs import INVALID_OUTPUT, blank_output_reason
 from pixelmill.jobs.store import JobStore
@@ -372,10 +372,7 @@ class Worker:
 
     async def _heartbeat(self, batch: Batch, held: list[Run]) -> None:
         while True:
-            try:
-                await asyncio.wait_for(batch.changed.wait(), self.settings.heartbeat_s)
-            except TimeoutError:
-                pass
+            await wait_event(batch.changed, self.settings.heartbeat_s)  # wait_for may swallow a cancel
             batch.changed.clear()
             await self._beat(batch, held)
             if not any(run.active for run in batch.runs):

@@ -4,13 +4,14 @@ often a waiter reads the store (polls only for jobs whose changes are not announ
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
 
 from pixelmill.core.types import GenerationRequest, JobStatus
 from pixelmill.core.errors import WaitTimeout
-from pixelmill.jobs.notify import Notifier
+from pixelmill.jobs.notify import Notifier, wait_event
 from pixelmill.jobs.service import JobService
 from pixelmill.jobs.store import Completion, JobStore
 from pixelmill.settings import Settings
@@ -149,3 +150,37 @@ def test_a_wait_times_out_on_time_even_between_slow_polls(counting_store: Counti
         return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 1.0  # not the 5 s safety poll
+
+
+async def _stops_when_canceled_as_the_event_fires(wait) -> bool:
+    """A heartbeat-like loop canceled in the same tick its event is set: does it end?"""
+    event = asyncio.Event()
+
+    async def beat():
+        while True:
+            await wait(event)
+            event.clear()
+
+    task = asyncio.create_task(beat())
+    await asyncio.sleep(0.01)  # waiting now
+    event.set()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=0.3)
+    task.cancel()  # the control's loop ran on: end it now that the event is clear
+    return bool(done)
+
+
+def test_wait_event_never_swallows_a_cancellation():
+    # The hang this replaced: a worker waited forever for a heartbeat that never stopped.
+    assert asyncio.run(_stops_when_canceled_as_the_event_fires(lambda event: wait_event(event, 0.05)))
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="asyncio.wait_for keeps cancellations from Python 3.12")
+def test_wait_for_swallows_it_on_this_python_the_control():
+    async def wait_for(event):
+        try:
+            await asyncio.wait_for(event.wait(), 0.05)
+        except TimeoutError:
+            pass
+
+    assert not asyncio.run(_stops_when_canceled_as_the_event_fires(wait_for))
