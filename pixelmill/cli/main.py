@@ -124,6 +124,7 @@ def demo_model(
     directory: Annotated[Path, typer.Argument(help="Models directory to write into.")],
     size: Annotated[str, typer.Option(help="tiny (tests, quick start) or bench (benchmarks).")] = "tiny",
     families: Annotated[str, typer.Option(help="Comma-separated families to write: sdxl, flux, sd3.")] = "sdxl,flux,sd3",
+    force: Annotated[bool, typer.Option(help="Write them again even when the folder already holds them.")] = False,
 ) -> None:
     """Write the random-weight demo models: SDXL (plus refiner, LoRA, ControlNet), FLUX.1 dev and
     schnell, SD3.5 (each with a LoRA)."""
@@ -132,8 +133,12 @@ def demo_model(
     chosen = tuple(f.strip().lower() for f in families.split(",") if f.strip())
     if not chosen or set(chosen) - {"sdxl", "flux", "sd3"}:
         raise typer.BadParameter("families must be a comma-separated subset of sdxl, flux, sd3", param_hint="--families")
-    from pixelmill.engine.demo import write_demo_models
+    from pixelmill.engine.demo import demo_models_present, write_demo_models
 
+    if not force and demo_models_present(directory, size, chosen):
+        console.print(f"[green]already there[/] {directory}: the {size} demo models of {', '.join(chosen)} "
+                      "(checked against their manifest; --force writes them again)")
+        return
     with console.status(f"writing the {size} demo models to {directory}"):
         write_demo_models(directory, size=size, families=chosen)  # type: ignore[arg-type]
     written = {"sdxl": "checkpoints/demo, checkpoints/demo-refiner, loras/demo-style, controlnets/demo-canny",

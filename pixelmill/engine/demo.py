@@ -44,7 +44,8 @@ import torch
 from pixelmill.engine.demo_flux import write_family_demos
 from pixelmill.engine.demo_tokenizer import build_tokenizer, write_tokenizer_files
 from pixelmill.engine.demo_tokenizer import vocab as tokenizer_vocab
-from pixelmill.registry.manifest import DEMO_MODELS_KIND, MANIFEST_NAME, publish, staging_folder, write_manifest
+from pixelmill.registry.manifest import (DEMO_MODELS_KIND, MANIFEST_NAME, complete_details, publish, staging_folder,
+                                         write_manifest)
 
 DEMO_MODEL_NAME = "demo"
 DEMO_LORA_NAME = "demo-style"
@@ -137,6 +138,14 @@ def write_demo_models(models_dir: Path, size: Literal["tiny", "bench"] = "tiny",
             publish(staged / item, target / item)
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # gone already when published whole
+
+
+def demo_models_present(models_dir: Path, size: str, families: tuple[str, ...]) -> bool:
+    """Whether ``models_dir`` is a complete demo folder (its manifest checked) of ``size``
+    holding at least ``families``: written by :func:`write_demo_models` into a folder of
+    its own, so writing again would give the same bytes."""
+    details = complete_details(Path(models_dir), kind=DEMO_MODELS_KIND)
+    return details is not None and details.get("size") == size and set(families) <= set(details.get("families", ()))
 
 
 def _write_all(models_dir: Path, spec: DemoSize, size: str, families: tuple[str, ...]) -> list[str]:

@@ -73,6 +73,13 @@ def manifest_problem(folder: Path, *, kind: str) -> str | None:
     return None
 
 
+def complete_details(folder: Path, *, kind: str) -> dict | None:
+    """The manifest of ``folder`` when it is a complete generated folder of ``kind``, else None."""
+    if manifest_problem(folder, kind=kind) is not None:
+        return None
+    return json.loads((folder / MANIFEST_NAME).read_text("utf-8"))
+
+
 def _new_sibling(target: Path, mark: str) -> Path:
     """A new empty hidden folder next to ``target`` (mkdir, not mkdtemp: the umask applies,
     so the published folder gets the permissions any other folder the user makes gets)."""
