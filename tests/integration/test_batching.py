@@ -75,19 +75,19 @@ def idle_while_claimed(job: dict) -> float:
 
 
 def test_jobs_arriving_one_at_a_time_start_without_waiting_for_company(demo_models, tmp_path):
-    # A 0.3 s batch wait makes the difference measurable; arrivals 2 s apart are "well apart"
-    # (more than 5 waits: 1.5 s) with room for a loaded machine's jitter in created_at (at
-    # 1.6 s apart a 0.1 s late submission read as a burst). The first job has no history and waits.
+    # A 0.2 s batch wait makes the difference measurable; arrivals 1.5 s apart are "well apart"
+    # (more than 5 waits: 1 s) with room for a loaded machine's jitter in created_at. The
+    # first job has no history and waits; the fifth has four gaps behind it (the sample).
     server = ServerProcess(tmp_path, "--models-dir", str(demo_models), "--model", "demo",
-                           "--max-batch-wait-ms", "300").start()
+                           "--max-batch-wait-ms", "200").start()
     try:
         waits = []
-        for i in range(6):
+        for i in range(5):
             sent = time.monotonic()
             job = wait_all(server.url, [submit(server.url, seed=i, width=64, height=64, steps=2)])[0]
             waits.append(idle_while_claimed(job))
-            time.sleep(max(0.0, sent + 2.0 - time.monotonic()))
-        assert waits[0] >= 0.29, waits  # no history yet: a burst may be starting
-        assert waits[5] < 0.2, waits  # four gaps of 2 s: nothing joins, start at once
+            time.sleep(max(0.0, sent + 1.5 - time.monotonic()))
+        assert waits[0] >= 0.19, waits  # no history yet: a burst may be starting
+        assert waits[4] < 0.15, waits  # four gaps of 1.5 s: nothing joins, start at once
     finally:
         server.stop()

@@ -11,7 +11,7 @@ from tests.support.images import decode
 from tests.support.postgres import pg_url  # noqa: F401 - fixture
 from tests.support.server import ServerProcess, WorkerProcess, subprocess_env
 
-FAST_LEASE = ("--lease-s", "6", "--heartbeat-s", "1", "--poll-interval-s", "0.1")
+FAST_LEASE = ("--lease-s", "4", "--heartbeat-s", "0.5", "--poll-interval-s", "0.1")
 """Short leases so crash tests finish quickly, long enough to survive a loaded CI machine."""
 
 
@@ -111,7 +111,7 @@ def test_a_job_that_crashes_every_worker_fails_after_max_attempts(tmp_path: Path
     try:
         job_id = submit(api.url)
         env = subprocess_env(
-            PIXELMILL_DB=db, PIXELMILL_LEASE_S="6", PIXELMILL_HEARTBEAT_S="1",
+            PIXELMILL_DB=db, PIXELMILL_LEASE_S="4", PIXELMILL_HEARTBEAT_S="0.5",
             PIXELMILL_POLL_INTERVAL_S="0.1", PIXELMILL_DATA_DIR=str(tmp_path / "fake"),
             PYTHONPATH=str(Path(__file__).resolve().parents[2]),  # so tests.fakes imports from any cwd
         )

@@ -150,3 +150,19 @@ def test_demo_refiner_loads_through_from_pretrained(models_dir):
     out = pipe("a small house", image=init, strength=0.5, num_inference_steps=4, output_type="np",
                generator=torch.Generator().manual_seed(7)).images
     assert out.shape == (1, 64, 64, 3) and np.isfinite(out).all()
+
+
+def test_demos_count_as_present_only_when_whole_and_of_the_asked_size_and_families(tmp_path):
+    from pixelmill.engine.demo import demo_models_present
+    from pixelmill.registry.manifest import DEMO_MODELS_KIND, write_manifest
+
+    folder = tmp_path / "models"
+    (folder / "checkpoints" / "demo").mkdir(parents=True)
+    (folder / "checkpoints" / "demo" / "model_index.json").write_text("{}")
+    write_manifest(folder, kind=DEMO_MODELS_KIND, details={"size": "tiny", "families": ["sdxl", "flux"]})
+    assert demo_models_present(folder, "tiny", ("sdxl",)) and demo_models_present(folder, "tiny", ("flux", "sdxl"))
+    assert not demo_models_present(folder, "bench", ("sdxl",))
+    assert not demo_models_present(folder, "tiny", ("sdxl", "sd3"))
+    (folder / "checkpoints" / "demo" / "model_index.json").unlink()  # interrupted or tampered with
+    assert not demo_models_present(folder, "tiny", ("sdxl",))
+    assert not demo_models_present(tmp_path / "nothing-here", "tiny", ("sdxl",))
