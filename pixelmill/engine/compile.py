@@ -138,12 +138,14 @@ def log_recompiles() -> None:
 # --- warm-up ---------------------------------------------------------------------------------
 
 
-def warm_up(pipe: Any, buckets: Iterable[Bucket], *, decode=None, guidance: float = 5.0) -> list[float]:
+def warm_up(pipe: Any, buckets: Iterable[Bucket], *, decode=None, guidance: float = 5.0,
+            before_each=None) -> list[float]:
     """Run a 2-step generation per bucket so every shape compiles now; seconds per bucket.
 
     ``decode(pipe, latents)`` is the engine's own VAE decode (:mod:`pixelmill.engine.vae`),
     so the compiled decoder is warmed at the same shapes; None: the pipeline decodes.
-    With guidance on (batch 2x in the UNet), as most requests run.
+    With guidance on (batch 2x in the UNet), as most requests run. ``before_each()`` runs
+    before every bucket (the engine's CUDA-graph step mark, as before every request).
     """
     took = []
     for batch, width, height in buckets:
@@ -151,8 +153,8 @@ def warm_up(pipe: Any, buckets: Iterable[Bucket], *, decode=None, guidance: floa
         # no_grad, as diffusers' own __call__ uses: a graph compiled under inference_mode has
         # other dispatch keys, and the first real request would compile all over again.
         with torch.no_grad():
-            # A new generation for CUDA graph trees (--cuda-graphs); a counter bump otherwise.
-            torch.compiler.cudagraph_mark_step_begin()
+            if before_each is not None:
+                before_each()
             result = pipe(prompt=["warmup"] * batch, num_inference_steps=2, width=width, height=height,
                           guidance_scale=guidance, output_type="latent" if decode else "np",
                           generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)])

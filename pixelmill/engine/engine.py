@@ -153,11 +153,12 @@ class Engine:
         pipes = PipelineSet(pipe, source.name, self.device)
         if self.device.compile and pipes.family.family == "sdxl":  # compile every bucket now (SDXL's UNet only)
             from pixelmill.engine.compile import default_buckets, warm_up
+            from pixelmill.engine.device import begin_graph_step
             from pixelmill.engine.vae import decodes_latents, decode
 
             buckets = default_buckets(self.device.compile_buckets, pipes.native_size)
             warm_up(pipe, buckets, decode=(lambda p, latents: decode(p, latents, self.device))
-                    if decodes_latents(pipe) else None)
+                    if decodes_latents(pipe) else None, before_each=lambda: begin_graph_step(self.device))
         loras = LoraCache(pipe, source.name, self.registry, max_count=self.settings.lora_cache_size,
                           max_bytes=int(self.settings.lora_cache_mb * 1e6),
                           hotswap_rank=self.device.lora_max_rank

@@ -246,6 +246,14 @@ def test_cuda_graphs_compile_with_graphs_on_cuda_only(pipes, monkeypatch):
     calls.clear()
     device._compile_unet(pipes.base, replace(cpu, device="cuda", cuda_graphs=False))
     assert calls == [device.COMPILE_MODE, device.COMPILE_MODE]
+    # Each generation marks a new CUDA-graph step, only where graphs are in use.
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    device.begin_graph_step(cpu)
+    device.begin_graph_step(replace(cpu, device="cuda", cuda_graphs=False))
+    assert marks == []
+    device.begin_graph_step(replace(cpu, device="cuda"))
+    assert marks == [1]
 
 
 @pytest.mark.parametrize(("kwargs", "reason"), [
