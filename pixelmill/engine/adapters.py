@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixelmill.core.types import LoraSpec
-from pixelmill.engine.device import collect_garbage
+from pixelmill.engine.memory import collect_garbage
 from pixelmill.engine.hotswap import NotHotswappable, UnetLora, UnetSlots
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry

@@ -25,7 +25,8 @@ import torch
 from PIL import Image, ImageOps
 
 from pixelmill.core.types import Preprocess
-from pixelmill.engine.device import DeviceConfig, free_memory
+from pixelmill.engine.device import DeviceConfig
+from pixelmill.engine.memory import free_memory
 from pixelmill.images.codecs import open_png
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PixelmillError
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry

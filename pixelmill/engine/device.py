@@ -21,11 +21,7 @@ Precision choices:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -396,44 +392,6 @@ def begin_graph_step(cfg: DeviceConfig) -> None:
     (already copied out) may be overwritten. No-op without CUDA graphs."""
     if cfg.compile and cfg.compile_mode == CUDA_GRAPHS_MODE:
         torch.compiler.cudagraph_mark_step_begin()
-
-
-_freeing = threading.local()
-
-
-def collect_garbage() -> None:
-    """A full garbage collection (pipelines and hooks make reference cycles), unless an
-    enclosing :func:`one_collection` will run one when it ends."""
-    if not getattr(_freeing, "depth", 0):
-        gc.collect()
-
-
-def free_memory(cfg: DeviceConfig) -> None:
-    """Return freed model memory now: collect reference cycles and, on CUDA, hand cached
-    blocks back, so the next load finds the room (deferred inside :func:`one_collection`)."""
-    if getattr(_freeing, "depth", 0):
-        return
-    gc.collect()
-    if cfg.is_cuda and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-@contextlib.contextmanager
-def one_collection(cfg: DeviceConfig) -> Iterator[None]:
-    """Free memory once, when the block ends, for everything released inside it.
-
-    Unloading a model closes its refiners, adapters and pipelines, and each would free
-    memory on its own: four full collections of a process holding torch, diffusers and
-    every loaded module, ~0.3 s each, where one does the same work.
-    """
-    depth = getattr(_freeing, "depth", 0)
-    _freeing.depth = depth + 1
-    try:
-        yield
-    finally:
-        _freeing.depth = depth
-        if depth == 0:
-            free_memory(cfg)
 
 
 # --- output checks ----------------------------------------------------------------------

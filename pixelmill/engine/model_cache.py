@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pixelmill.engine.device import one_collection
+from pixelmill.engine.memory import one_collection
 from pixelmill.engine.models import ModelSource, check_base_source
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from pixelmill.core.types import Mode
-from pixelmill.engine.device import DeviceConfig, apply_placement, free_memory
+from pixelmill.engine.device import DeviceConfig, apply_placement
+from pixelmill.engine.memory import free_memory
 from pixelmill.core.errors import GenerationFailed
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pixelmill.engine.device import DeviceConfig, apply_placement, free_memory
+from pixelmill.engine.device import DeviceConfig, apply_placement
+from pixelmill.engine.memory import free_memory
 from pixelmill.engine.schedulers import make_scheduler, use_scheduler
 from pixelmill.core.errors import InvalidRequest, ModelUnavailable, PixelmillError
 from pixelmill.registry.models_dir import ModelKind, ModelRegistry

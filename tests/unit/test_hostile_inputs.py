@@ -95,7 +95,7 @@ def _folder(root: Path, name: str, text_encoder) -> ModelSource:
 
 
 def test_the_cache_refuses_a_refiner_before_freeing_anything(tmp_path, monkeypatch):
-    monkeypatch.setattr("pixelmill.engine.device.free_memory", lambda cfg: None)  # no pipelines to free
+    monkeypatch.setattr("pixelmill.engine.memory.free_memory", lambda cfg: None)  # no pipelines to free
     base = _folder(tmp_path, "base", ["transformers", "CLIPTextModel"])
     refiner = _folder(tmp_path, "refiner", [None, None])
     loads = []
