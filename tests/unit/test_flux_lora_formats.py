@@ -7,7 +7,6 @@ here loads a model (the engine test loads one: tests/unit/engine/test_flux_kohya
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,24 +15,18 @@ from safetensors.numpy import save_file
 
 from pixelmill.core.errors import InvalidRequest
 from pixelmill.registry.lora_check import check_fits, compatible_bases, inspect_lora
-from pixelmill.registry.models_dir import ModelKind, ModelRegistry
+from pixelmill.registry.models_dir import ModelKind
 from tests.support.family_demo import family_models  # noqa: F401
 from tests.support.flux_lora import fused_shapes, write_flux_lora
+from tests.support.registry import private_copy, refreshed_registry
 
 TRANSFORMER = "checkpoints/demo-flux-schnell/transformer/diffusion_pytorch_model.safetensors"
 
 
 @pytest.fixture()
 def models(family_models, tmp_path) -> Path:  # noqa: F811
-    root = tmp_path / "models"
-    shutil.copytree(family_models, root)
-    return root
+    return private_copy(family_models, tmp_path)
 
-
-def _registry(root: Path) -> ModelRegistry:
-    registry = ModelRegistry(root)
-    registry.refresh()
-    return registry
 
 
 @pytest.mark.parametrize(("style", "first_key"), [
@@ -47,7 +40,7 @@ def test_flux_loras_in_bfl_names_fit_flux_models_only(models, style, first_key):
     assert first_key in {t.key for t in info.targets}
     assert info.format == style and info.family == "flux" and info.components == ("transformer",)
     assert len(info.targets) == len(shapes) and info.rank == 4
-    assert compatible_bases(path, _registry(models)) == ["demo-flux", "demo-flux-schnell"]
+    assert compatible_bases(path, refreshed_registry(models)) == ["demo-flux", "demo-flux-schnell"]
 
 
 def test_a_fused_module_of_the_wrong_size_is_refused_naming_the_tensor(models):
@@ -55,7 +48,7 @@ def test_a_fused_module_of_the_wrong_size_is_refused_naming_the_tensor(models):
     out, inp = shapes["double_blocks.0.img_attn.qkv"]
     shapes["double_blocks.0.img_attn.qkv"] = (out * 2 // 3, inp)  # q and k only: not this model's qkv
     path = write_flux_lora(models / "loras" / "bad.safetensors", shapes)
-    base = _registry(models).find(ModelKind.checkpoint, "demo-flux")
+    base = refreshed_registry(models).find(ModelKind.checkpoint, "demo-flux")
     with pytest.raises(InvalidRequest) as caught:
         check_fits(path, base)
     assert "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight" in caught.value.message
@@ -66,7 +59,7 @@ def test_an_unknown_bfl_module_is_refused_naming_it(models):
     shapes = fused_shapes(models / TRANSFORMER) | {"double_blocks.9.img_attn.qkv": (96, 32)}  # 1 double block
     path = write_flux_lora(models / "loras" / "deep.safetensors", shapes)
     with pytest.raises(InvalidRequest, match="lora_unet_double_blocks_9_img_attn_qkv.lora_down.weight"):
-        check_fits(path, _registry(models).find(ModelKind.checkpoint, "demo-flux"))
+        check_fits(path, refreshed_registry(models).find(ModelKind.checkpoint, "demo-flux"))
 
 
 def test_a_bfl_layout_single_file_base_takes_kohya_and_diffusers_loras(models):
@@ -79,7 +72,7 @@ def test_a_bfl_layout_single_file_base_takes_kohya_and_diffusers_loras(models):
     tensors = {f"{m}.weight": np.zeros(s, dtype=np.float16) for m, s in (shapes | extra).items()}
     save_file(tensors, str(models / "checkpoints" / "flux-bfl.safetensors"))
     kohya = write_flux_lora(models / "loras" / "k.safetensors", shapes)
-    registry = _registry(models)
+    registry = refreshed_registry(models)
     assert compatible_bases(kohya, registry) == ["demo-flux", "demo-flux-schnell", "flux-bfl"]
     peft = inspect_lora(models / "loras" / "demo-flux-style.safetensors")
     assert peft.format == "peft" and peft.family == "flux"
@@ -90,7 +83,7 @@ def test_listing_reports_format_and_family(models):
     from pixelmill.api.models import LoraPublic
 
     path = write_flux_lora(models / "loras" / "flux-kohya.safetensors", fused_shapes(models / TRANSFORMER))
-    registry = _registry(models)
+    registry = refreshed_registry(models)
     listed = LoraPublic.describe(registry.find(ModelKind.lora, "flux-kohya"), registry)
     assert (listed.format, listed.family, listed.valid) == ("kohya", "flux", True)
     assert listed.compatible_with == ["demo-flux", "demo-flux-schnell"] and path.is_file()
@@ -108,7 +101,7 @@ def test_kohya_flux_text_encoder_halves_fit_the_clip_encoder(models):
     save_file(tensors, str(path))
     info = inspect_lora(path)
     assert info.components == ("text_encoder", "transformer") and info.family == "flux"
-    assert compatible_bases(path, _registry(models)) == ["demo-flux", "demo-flux-schnell"]
+    assert compatible_bases(path, refreshed_registry(models)) == ["demo-flux", "demo-flux-schnell"]
 
 
 @pytest.mark.parametrize("key", [

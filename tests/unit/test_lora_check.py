@@ -21,7 +21,8 @@ from pixelmill.core.errors import InvalidRequest
 from pixelmill.registry.lora_check import (
     UnetLayout, block_pairs, check_fits, compatible_bases, from_sgm, inspect_lora, to_sgm,
 )
-from pixelmill.registry.models_dir import ModelKind, ModelRegistry
+from pixelmill.registry.models_dir import ModelKind
+from tests.support.registry import private_copy, refreshed_registry
 
 DEMO_LORA = "loras/demo-style.safetensors"
 
@@ -29,15 +30,8 @@ DEMO_LORA = "loras/demo-style.safetensors"
 @pytest.fixture()
 def models(demo_models: Path, tmp_path: Path) -> Path:
     """A private copy of the demo models directory (tests add and rewrite files)."""
-    root = tmp_path / "models"
-    shutil.copytree(demo_models, root)
-    return root
+    return private_copy(demo_models, tmp_path)
 
-
-def _registry(root: Path) -> ModelRegistry:
-    registry = ModelRegistry(root)
-    registry.refresh()
-    return registry
 
 
 def _rewrite(models: Path, name: str, edit) -> Path:
@@ -53,7 +47,7 @@ def _rename(tensors: dict, rename) -> dict:
 
 
 def _demo(models: Path):
-    return _registry(models).find(ModelKind.checkpoint, "demo")
+    return refreshed_registry(models).find(ModelKind.checkpoint, "demo")
 
 
 def test_demo_lora_is_read_and_fits_the_demo_model(models):
@@ -62,7 +56,7 @@ def test_demo_lora_is_read_and_fits_the_demo_model(models):
     assert info.components == ("unet", "text_encoder", "text_encoder_2")
     assert len(info.targets) == 80 and info.size_bytes == (models / DEMO_LORA).stat().st_size
     check_fits(info, _demo(models))
-    assert compatible_bases(models / DEMO_LORA, _registry(models)) == ["demo"]
+    assert compatible_bases(models / DEMO_LORA, refreshed_registry(models)) == ["demo"]
 
 
 def test_peft_names_fit(models):
@@ -276,7 +270,7 @@ def test_lora_with_text_encoder_does_not_fit_a_refiner_layout(models):
     shutil.rmtree(refiner / "text_encoder")
     index = json.loads((refiner / "model_index.json").read_text()) | {"text_encoder": [None, None]}
     (refiner / "model_index.json").write_text(json.dumps(index))
-    registry = _registry(models)
+    registry = refreshed_registry(models)
     assert registry.find(ModelKind.checkpoint, "refiner").listed_kind == "refiner"
     _refused(models / DEMO_LORA, registry.find(ModelKind.checkpoint, "refiner"), "adapts text_encoder")
     unet_only = _rewrite(models, "unet-only", lambda t: {k: v for k, v in t.items() if k.startswith("unet.")})
@@ -310,7 +304,7 @@ def _sgm_single_file(models: Path) -> Path:
 
 def test_single_file_sgm_checkpoint_is_a_base(models):
     _sgm_single_file(models)
-    registry = _registry(models)
+    registry = refreshed_registry(models)
     single = registry.find(ModelKind.checkpoint, "demo-sgm")
     shapes = lora_check.base_shapes(single)
     folder = lora_check.base_shapes(_demo(models))
@@ -353,7 +347,7 @@ def test_conv_lora_on_a_resnet_is_checked(models):
 
 
 def test_compatibility_is_cached_until_the_file_changes(models, monkeypatch):
-    registry = _registry(models)
+    registry = refreshed_registry(models)
     path = _rewrite(models, "copy", lambda t: t)
     calls = []
     real = lora_check.read_header
