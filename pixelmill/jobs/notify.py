@@ -111,6 +111,8 @@ async def idle_until_work(notifier: Notifier, stop: asyncio.Event, timeout: floa
     """Wait for work queued in this process, ``stop``, or ``timeout`` seconds (whichever first)."""
     stopped = asyncio.ensure_future(stop.wait())
     work = asyncio.ensure_future(notifier.wait_work(timeout))
-    await asyncio.wait({stopped, work}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    work.cancel()
+    try:
+        await asyncio.wait({stopped, work}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also when the caller is canceled: no waiter left behind on the stop event
+        stopped.cancel()
+        work.cancel()
