@@ -22,7 +22,14 @@ def test_health_reports_the_demo_model(server):
     assert body["device"] == "cpu"
 
 
-def test_health_answers_within_50ms_while_generating(server):
+def test_health_stays_fast_while_generating(server):
+    """/health never waits for the model: a generation blocking the event loop would hold a
+    probe for a whole denoising step or more (hundreds of ms here), every time.
+
+    The bounds are on the typical probe (p90 under 50 ms) and on the slowest (under 250 ms),
+    not on the slowest alone: on a loaded 2-core machine one probe in a few dozen can lose
+    the CPU for a scheduler tick or two (one full-suite run saw a 60.6 ms slowest probe).
+    """
     def long_generation() -> None:
         payload = {"model": "demo", "prompt": "slow", "size": "256x256", "steps": 40}
         httpx.post(f"{server.url}/v1/images/generations", json=payload, timeout=300)
@@ -42,7 +49,10 @@ def test_health_answers_within_50ms_while_generating(server):
     worker.join()
     assert busy_seen >= 5, "the generation finished before health could be measured"
     latencies.sort()
-    assert latencies[-1] < 0.05, f"slowest /health while generating: {latencies[-1] * 1000:.1f} ms"
+    p90 = latencies[int(0.9 * (len(latencies) - 1))]
+    shown = f"p90 {p90 * 1000:.1f} ms, slowest {latencies[-1] * 1000:.1f} ms of {len(latencies)}"
+    assert p90 < 0.05, f"/health while generating: {shown}"
+    assert latencies[-1] < 0.25, f"/health while generating: {shown}"
 
 
 def test_native_generate_streams_progress_then_result(server):
