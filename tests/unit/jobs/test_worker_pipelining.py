@@ -189,8 +189,10 @@ def test_stopping_while_one_batch_is_stored_and_the_next_generates(tmp_path, how
         ids = [(await submit(services, seed=seed)).id for seed in range(3)]
         task = asyncio.create_task(worker.run())
         try:
-            await eventually(lambda: len(backend.log) == 2, what="the second batch starting")
-            assert slow.puts and slow.puts[0].returned is None  # the first one is being stored
+            # Both, in either order: under load the background store can reach put_many only
+            # after the next batch has started generating.
+            await eventually(lambda: len(backend.log) == 2 and slow.puts, what="batch 2 generating, batch 1 storing")
+            assert slow.puts[0].returned is None  # the first one is being stored
             if how == "stop":
                 worker.stop()
                 await asyncio.wait_for(task, 10)
